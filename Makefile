@@ -1,0 +1,54 @@
+# RestoreBench — two commands: `make demo` and `make test`.
+# Every target sets up (or refreshes) the project virtualenv first; nothing is installed globally.
+#
+# TORCH=cpu    (default) pin torch to the CPU build 2.13.0 through requirements/constraints-cpu.txt
+# TORCH=system reuse the torch (e.g. your CUDA build) already installed for $(PY): the venv sees the
+#              system site-packages and pip is pinned to that exact torch/torchvision version.
+PY     ?= python3
+VENV   ?= .venv
+TORCH  ?= cpu
+PYTEST_ARGS ?=
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.restorebench-$(TORCH)
+
+ifeq ($(TORCH),system)
+VENV_FLAGS  := --system-site-packages
+CONSTRAINTS := $(VENV)/constraints-system.txt
+else
+VENV_FLAGS  :=
+CONSTRAINTS := requirements/constraints-cpu.txt
+endif
+
+.PHONY: venv test demo table1 perf checkpoints clean-venv
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints-cpu.txt requirements/nodeps.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV_FLAGS) $(VENV)
+ifeq ($(TORCH),system)
+	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
+	@$(BIN)/python -c "import torchvision; print('torchvision==' + torchvision.__version__)" >> $(CONSTRAINTS) 2>/dev/null || true
+endif
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[test,demo-data]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -c $(CONSTRAINTS) -r requirements/nodeps.txt
+	$(BIN)/python -m bench.assets
+	@touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/python -m bench run --protocol demo
+	$(BIN)/python -m bench table --protocol demo
+
+table1: venv
+	$(BIN)/python -m bench run --protocol table1 $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATASETS),--datasets $(DATASETS)) $(if $(SOLVERS),--solvers $(SOLVERS))
+	$(BIN)/python -m bench table --protocol table1
+
+checkpoints: venv
+	$(BIN)/python -m bench checkpoints $(if $(NAMES),$(NAMES))
+
+perf: venv
+	$(BIN)/python -m bench.perf
+
+clean-venv:
+	rm -rf $(VENV)

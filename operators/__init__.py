@@ -1,0 +1,11 @@
+"""Degradation operators: one module per family, registered by task name (see operators/base.py)."""
+import importlib
+import pkgutil
+
+from operators.base import LinearOperator, Operator, OperatorError, SVD, get, names, randn_per_image
+
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name != "base" and not _m.name.startswith("_"):
+        importlib.import_module(f"operators.{_m.name}")
+
+__all__ = ["LinearOperator", "Operator", "OperatorError", "SVD", "get", "names", "randn_per_image"]

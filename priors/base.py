@@ -1,0 +1,164 @@
+"""The `DiffusionPrior` interface: the only way a solver touches a diffusion model.
+
+Two views of one model (design.md "Prior"):
+
+* VP-DDPM view over the 1000 discrete steps: `model_output(x_k, k)` -> (eps_hat, v) where v is the
+  learned-range variance interpolation value in [-1, 1] (guided-diffusion `learned_range`),
+  `eps`, `x0` (Tweedie, optional clipping), `score`, `log_variance` (DDPM ancestral step, spec
+  baselines §1.2) and `alphas_cumprod`.
+* EDM view: `denoise(x, sigma)` = D(x; sigma) on the VE variable x = x0 + sigma n, with the
+  continuous VP conversion of SPGD/DAPS (spec seed §1):
+  D(x; sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), kappa(sigma)).
+
+k may be an int, a float (fractional index) or a tensor of shape (B,) (one per image).
+
+Counting (design.md): every forward evaluation of the model counts one NFE per image of the batch,
+and every backward (vector-Jacobian) pass through a model output counts one backward NFE per image.
+Backward passes are counted by a hook on the output tensor, so a solver cannot forget to count.
+Subclasses implement `_model(x_k, k)` only; exact priors may also override `_denoise` to be exact
+at any sigma (they then count one forward per image, the same budget as a network).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from priors.schedule import ContinuousVP, VPSchedule
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class NFECounter:
+    """Per-image network evaluations since the last `reset()`."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def reset(self) -> None:
+        self.forward = 0
+        self.backward = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"nfe_forward": self.forward, "nfe_backward": self.backward}
+
+
+class DiffusionPrior(torch.nn.Module):
+    """Base class of every prior. Subclasses implement `_model` (and optionally `_denoise`)."""
+
+    #: registry name (e.g. "ffhq256", "gaussian")
+    name: str = "prior"
+
+    def __init__(self, image_shape: tuple[int, int, int], schedule: VPSchedule | None = None) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.schedule = schedule or VPSchedule()
+        self.continuous = ContinuousVP()
+        self.nfe = NFECounter()
+
+    # ----------------------------------------------------------------- to implement
+    def _model(self, x_k: Tensor, k: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Raw model at discrete/fractional index k (float tensor (B,)): (eps_hat, v or None)."""
+        raise NotImplementedError
+
+    def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """D(x; sigma) for sigma of shape (B,). Default: the VPPrecond conversion of `_model`."""
+        c_in = (1.0 / torch.sqrt(1.0 + sigma.to(torch.float64) ** 2)).to(x.dtype)
+        kappa = self.continuous.index(sigma).to(x.dtype)
+        eps, _ = self._model(x * _bcast(c_in, x), kappa)
+        return x - _bcast(sigma.to(x.dtype), x) * eps
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.schedule.alphas_cumprod
+
+    def reset_counters(self) -> None:
+        self.nfe.reset()
+
+    def _per_image(self, value: Tensor | float | int, x: Tensor) -> Tensor:
+        t = torch.as_tensor(value, dtype=torch.float64)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"time/sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        return t
+
+    def _count(self, out: Tensor, batch: int) -> Tensor:
+        self.nfe.forward += batch
+        if out.requires_grad:
+            def _on_backward(grad: Tensor) -> Tensor:
+                self.nfe.backward += batch
+                return grad
+            out.register_hook(_on_backward)
+        return out
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{self.name} prior expects images of shape (B, {', '.join(map(str, self.image_shape))}), "
+                f"got {tuple(x.shape)}; resize/crop the data to the prior's size")
+
+    # ----------------------------------------------------------------- VP-DDPM view
+    def model_output(self, x_k: Tensor, k: Tensor | float | int) -> tuple[Tensor, Tensor | None]:
+        """(eps_hat, v): one counted evaluation. v is None for priors without learned variance."""
+        self._check_input(x_k)
+        kk = self._per_image(k, x_k)
+        eps, v = self._model(x_k, kk.to(x_k.dtype) if kk.dtype != x_k.dtype else kk)
+        eps = self._count(eps, x_k.shape[0])
+        return eps, v
+
+    def eps(self, x_k: Tensor, k: Tensor | float | int) -> Tensor:
+        return self.model_output(x_k, k)[0]
+
+    def x0_from_eps(self, x_k: Tensor, k: Tensor | float | int, eps: Tensor, clip: bool = False) -> Tensor:
+        """Tweedie: x0 = (x_k - sqrt(1 - abar_k) eps) / sqrt(abar_k), optionally clipped to [-1, 1]."""
+        ab = self.schedule.abar(self._per_image(k, x_k)).to(x_k.dtype)
+        x0 = (x_k - _bcast(torch.sqrt(1 - ab), x_k) * eps) / _bcast(torch.sqrt(ab), x_k)
+        return x0.clamp(-1, 1) if clip else x0
+
+    def x0(self, x_k: Tensor, k: Tensor | float | int, clip: bool = False) -> Tensor:
+        return self.x0_from_eps(x_k, k, self.eps(x_k, k), clip=clip)
+
+    def score(self, x_k: Tensor, k: Tensor | float | int) -> Tensor:
+        """grad log p_k(x_k) = -eps / sqrt(1 - abar_k)."""
+        ab = self.schedule.abar(self._per_image(k, x_k)).to(x_k.dtype)
+        return -self.eps(x_k, k) / _bcast(torch.sqrt(1 - ab), x_k)
+
+    def log_variance(self, k: Tensor | float | int, v: Tensor | None, like: Tensor) -> Tensor:
+        """Log variance of the ancestral step k -> k-1 (spec baselines §1.2, learned range).
+
+        log s^2 = f log(beta_k) + (1 - f) log(beta_tilde_k), f = (v + 1) / 2, beta_tilde_0 := beta_tilde_1.
+        Priors without learned variance (v is None) use the posterior variance beta_tilde_k
+        ("fixed small"), the exact choice for a Gaussian posterior q(x_{k-1} | x_k, x0).
+        """
+        kk = self._per_image(k, like).round().long()
+        sch = self.schedule
+        ab, ab_prev = sch.alphas_cumprod, sch.alphas_cumprod_prev
+        beta_tilde = sch.betas * (1 - ab_prev) / (1 - ab)
+        beta_tilde = torch.cat([beta_tilde[1:2], beta_tilde[1:]])
+        l_min = _bcast(torch.log(beta_tilde[kk]).to(like.dtype), like)
+        if v is None:
+            return l_min.expand_as(like)
+        l_max = _bcast(torch.log(sch.betas[kk]).to(like.dtype), like)
+        f = (v + 1) / 2
+        return f * l_max + (1 - f) * l_min
+
+    # ----------------------------------------------------------------- EDM view
+    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """D(x; sigma): posterior-mean estimate of x0 from x = x0 + sigma n (one counted evaluation)."""
+        self._check_input(x)
+        s = self._per_image(sigma, x)
+        return self._count(self._denoise(x, s), x.shape[0])
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, 1) on like's device."""
+    return v.to(like.device).view(-1, *([1] * (like.ndim - 1)))

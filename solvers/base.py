@@ -1,0 +1,202 @@
+"""The `Solver` interface, its registry and its hyper-parameter files (design.md "Solver").
+
+A solver is one subclass with a class attribute `name`; defining it registers it (also from a
+user's own module), so it appears in `solvers.available()` and in the harness:
+
+    class MySolver(Solver):
+        name = "mine"
+        def _solve(self, y, A, rng):
+            ...
+            return x_hat
+
+`solvers.get(name, prior, task=..., dataset=..., **overrides)` builds it with the hyper-parameters
+of `solvers/configs/<name>.yaml`, resolved in this order (later wins):
+
+    params  <  tasks[task].params  <  datasets[dataset].params  <  datasets[dataset].tasks[task].params  <  overrides
+
+Every entry is `{value: ..., source: "..."}`: a paper table, a repo config file, or
+"chosen by us: <why>". Unknown override keys are an error naming the valid keys. A subclass may
+also define `defaults` (same form) for solvers without a YAML file (e.g. in tests).
+
+`solve(y, A, generator=None)` returns x_hat of the image shape, in [-1, 1]. `generator` is a
+torch.Generator or a list with one generator per image (the harness passes a list, so image i's
+result is independent of the rest of the batch). Images whose result is not finite are reported by
+the harness as diverged; a solver that detects divergence early raises `SolverDiverged`.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+import yaml
+
+from operators.base import Operator, randn_per_image
+from priors.base import DiffusionPrior
+
+Tensor = torch.Tensor
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+_REGISTRY: dict[str, type["Solver"]] = {}
+
+
+class SolverError(ValueError):
+    """Bad solver input: unknown solver, unknown hyper-parameter, unsupported task."""
+
+
+class UnsupportedTask(SolverError):
+    """The solver cannot run this task (e.g. DDRM needs an SVD; motion blur has none)."""
+
+
+class SolverDiverged(RuntimeError):
+    """The iterate became NaN/inf; the harness records a 'diverged' row and goes on."""
+
+
+class RNG:
+    """Per-image random streams: `randn(shape)` draws image i's noise from generator i."""
+
+    def __init__(self, generator: torch.Generator | Sequence[torch.Generator] | None, batch: int) -> None:
+        if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
+        self.generator = generator
+        self.batch = batch
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        return randn_per_image(x, self.generator)
+
+    def randn(self, per_image_shape: Sequence[int], like: Tensor) -> Tensor:
+        """(B, *per_image_shape) standard normal, dtype/device of `like`."""
+        return randn_per_image(like.new_empty((self.batch, *per_image_shape)), self.generator)
+
+    def repeat(self, n: int) -> "RNG":
+        """Streams for a batch of B*n (image i's n copies all draw from generator i, in turn)."""
+        if self.generator is None or isinstance(self.generator, torch.Generator):
+            return RNG(self.generator, self.batch * n)
+        return RNG([g for g in self.generator for _ in range(n)], self.batch * n)
+
+
+class Solver:
+    """Base class of every solver."""
+
+    name: ClassVar[str] = ""
+    #: tasks this solver runs; None means every task whose operator offers what it needs
+    tasks: ClassVar[tuple[str, ...] | None] = None
+    #: hyper-parameters for solvers without a YAML file, same {value, source} form
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: overrides for smoke runs (CI smoke protocol, generic tests): fewer steps, same algorithm
+    smoke: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, prior: DiffusionPrior, task: str | None = None, dataset: str | None = None,
+                 **overrides: Any) -> None:
+        self.prior = prior
+        self.task = task
+        self.dataset = dataset
+        resolved = resolve_config(type(self), task, dataset)
+        unknown = sorted(set(overrides) - set(resolved))
+        if unknown:
+            raise SolverError(f"solver {self.name!r}: unknown hyper-parameter(s) {unknown}; "
+                              f"valid keys: {sorted(resolved)}")
+        self.sources = {k: v["source"] for k, v in resolved.items()}
+        self.params = {k: v["value"] for k, v in resolved.items()}
+        for k, v in overrides.items():
+            self.params[k] = v
+            self.sources[k] = "override"
+
+    def __getattr__(self, key: str) -> Any:  # hyper-parameters read as attributes: self.num_steps
+        params = self.__dict__.get("params", {})
+        if key in params:
+            return params[key]
+        raise AttributeError(f"{type(self).__name__} has no attribute or hyper-parameter {key!r}")
+
+    # ------------------------------------------------------------------ to implement
+    def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public
+    def budget(self) -> dict[str, int]:
+        """Documented network budget per image for the current hyper-parameters:
+        {"nfe_forward": ..., "nfe_backward": ...}; the tests compare it with the counted NFE."""
+        raise NotImplementedError
+
+    def supports(self, A: Operator) -> bool:
+        """Whether this solver can run on operator A (override for structural needs such as an SVD)."""
+        return self.tasks is None or A.name in self.tasks
+
+    def solve(self, y: Tensor, A: Operator,
+              generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+        if not self.supports(A):
+            raise UnsupportedTask(f"solver {self.name!r} does not support task {A.name!r}")
+        self.prior.reset_counters()
+        x = self._solve(y, A, RNG(generator, y.shape[0]))
+        return x.detach().clamp(-1, 1).where(torch.isfinite(x), x.detach())
+
+    def describe(self) -> dict[str, Any]:
+        return {"solver": self.name, "task": self.task, "dataset": self.dataset,
+                "params": dict(self.params), "sources": dict(self.sources)}
+
+    @staticmethod
+    def check_finite(x: Tensor, where: str) -> None:
+        if not torch.isfinite(x).all():
+            raise SolverDiverged(f"non-finite iterate at {where}")
+
+
+# ---------------------------------------------------------------------- configs
+def _entries(block: dict[str, Any] | None, where: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key, entry in (block or {}).items():
+        if not isinstance(entry, dict) or "value" not in entry or "source" not in entry:
+            raise SolverError(f"{where}: hyper-parameter {key!r} must be {{value: ..., source: ...}}")
+        out[key] = entry
+    return out
+
+
+def load_config(name: str) -> dict[str, Any]:
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def resolve_config(cls: type[Solver], task: str | None, dataset: str | None) -> dict[str, dict[str, Any]]:
+    """Merge the config layers for (task, dataset); each value keeps its source."""
+    cfg = load_config(cls.name) if cls.name else {}
+    where = f"solvers/configs/{cls.name}.yaml"
+    merged = _entries(copy.deepcopy(cls.defaults), f"{cls.__name__}.defaults")
+    merged.update(_entries(cfg.get("params"), where))
+    layers = []
+    if task is not None:
+        layers.append((cfg.get("tasks", {}).get(task, {}) or {}).get("params"))
+    if dataset is not None:
+        ds = cfg.get("datasets", {}).get(dataset, {}) or {}
+        layers.append(ds.get("params"))
+        if task is not None:
+            layers.append((ds.get("tasks", {}).get(task, {}) or {}).get("params"))
+    for layer in layers:
+        for key, entry in _entries(layer, where).items():
+            if key not in merged:
+                raise SolverError(f"{where}: {key!r} set for a task/dataset but has no default in 'params'")
+            merged[key] = entry
+    return merged
+
+
+def get(name: str, prior: DiffusionPrior, task: str | None = None, dataset: str | None = None,
+        **overrides: Any) -> Solver:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise SolverError(f"unknown solver {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](prior, task=task, dataset=dataset, **overrides)
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    import solvers  # noqa: F401  (importing the package imports every built-in solver module)

@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import bench.torchvision_shim  # noqa: E402,F401  (before anything imports torchvision)
+
+
+def shared_dir() -> Path:
+    """The shared reference folder: $RESTOREBENCH_SHARED or ../shared beside the clone."""
+    return Path(os.environ.get("RESTOREBENCH_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture
+def shared_fixtures() -> Path:
+    path = shared_dir() / "fixtures"
+    if not path.is_dir():
+        if os.environ.get("RESTOREBENCH_REQUIRE_FIXTURES"):
+            pytest.fail(f"reference fixtures not found at {path}; CI requires them")
+        pytest.skip(f"reference fixtures not found at {path} (set RESTOREBENCH_SHARED); CI always has them")
+    return path
