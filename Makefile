@@ -48,7 +48,9 @@ checkpoints: venv
 	$(BIN)/python -m bench checkpoints $(if $(NAMES),$(NAMES))
 
 perf: venv
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[perf]'
 	$(BIN)/python -m bench.perf
+	$(BIN)/python -m bench.perf_operators
 
 clean-venv:
 	rm -rf $(VENV)

@@ -21,6 +21,7 @@ at any sigma (they then count one forward per image, the same budget as a networ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -84,7 +85,7 @@ class DiffusionPrior(torch.nn.Module):
         self.nfe.reset()
 
     def _per_image(self, value: Tensor | float | int, x: Tensor) -> Tensor:
-        t = torch.as_tensor(value, dtype=torch.float64)
+        t = torch.as_tensor(value, dtype=torch.float64, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
@@ -139,7 +140,7 @@ class DiffusionPrior(torch.nn.Module):
         Priors without learned variance (v is None) use the posterior variance beta_tilde_k
         ("fixed small"), the exact choice for a Gaussian posterior q(x_{k-1} | x_k, x0).
         """
-        kk = self._per_image(k, like).round().long()
+        kk = self._per_image(k, like).round().long().cpu()
         sch = self.schedule
         ab, ab_prev = sch.alphas_cumprod, sch.alphas_cumprod_prev
         beta_tilde = sch.betas * (1 - ab_prev) / (1 - ab)
@@ -157,6 +158,42 @@ class DiffusionPrior(torch.nn.Module):
         self._check_input(x)
         s = self._per_image(sigma, x)
         return self._count(self._denoise(x, s), x.shape[0])
+
+
+class ExactPrior(DiffusionPrior):
+    """A prior whose denoiser D(x; sigma) is known in closed form (Gaussian, Gaussian mixture).
+
+    Subclasses implement the exact `_denoise(x, sigma)` (differentiable in x, per-image sigma).
+    The VP-DDPM view follows from the schedule identities, so both views are exact and agree:
+    x_k = sqrt(abar_k) (x0 + sigma_k n) with sigma_k^2 = (1 - abar_k) / abar_k, hence
+    x0_hat = D(x_k / sqrt(abar_k); sigma_k) and eps_hat = (x_k - sqrt(abar_k) x0_hat) / sqrt(1 - abar_k).
+    Fractional k uses `VPSchedule.abar` (log-linear interpolation). There is no learned variance
+    (v = None: solvers use the "fixed small" posterior variance). Counting is the same as for a
+    network: one forward per image per call, one backward per image per VJP through the output.
+    """
+
+    def _model(self, x_k: Tensor, k: Tensor) -> tuple[Tensor, Tensor | None]:
+        ab = self.schedule.abar(k.to(torch.float64))
+        sqrt_ab = _bcast(torch.sqrt(ab).to(x_k.dtype), x_k)
+        sqrt_1m = _bcast(torch.sqrt(1 - ab).to(x_k.dtype), x_k)
+        sigma = torch.sqrt((1 - ab) / ab)
+        x0 = self._denoise(x_k / sqrt_ab, sigma)
+        return (x_k - sqrt_ab * x0) / sqrt_1m, None
+
+    def _denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None = None,
+          dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+    """Standard normal noise of `shape` (B, ...); a list of B generators draws row i from generator i
+    (so image i's draw never depends on the rest of the batch). Drawn on the CPU, then moved."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one per image")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in gens]).to(device)
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:

@@ -42,11 +42,11 @@ class VPSchedule:
     def abar(self, k: Tensor | float | int) -> Tensor:
         """abar at (possibly fractional, possibly per-image) index k, float64.
 
-        Integer k is an exact table lookup; fractional k interpolates log(abar) linearly.
-        k = -1 gives 1 (the clean end).
+        Integer k reproduces the table (to float64 rounding); fractional k interpolates log(abar)
+        linearly. k = -1 gives 1 (the clean end). The result lives on k's device.
         """
         k = torch.as_tensor(k, dtype=torch.float64)
-        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
+        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)]).to(k.device)
         pos = (k + 1.0).clamp(0, self.num_steps)
         lo = pos.floor().long().clamp(max=self.num_steps - 1)
         frac = pos - lo
@@ -61,8 +61,8 @@ class VPSchedule:
     def index_of_sigma(self, sigma: Tensor | float) -> Tensor:
         """Fractional discrete index k with sigma_k = sigma (inverse of `sigma`, log-linear in abar)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        target = torch.log(1.0 / (1.0 + sigma**2))
-        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
+        target = -torch.log1p(sigma**2)
+        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)]).to(sigma.device)
         # log_ab is decreasing in position; search on the negated array.
         neg = -log_ab
         pos_hi = torch.searchsorted(neg, -target).clamp(1, self.num_steps)

@@ -23,3 +23,11 @@ def shared_fixtures() -> Path:
             pytest.fail(f"reference fixtures not found at {path}; CI requires them")
         pytest.skip(f"reference fixtures not found at {path} (set RESTOREBENCH_SHARED); CI always has them")
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Two xdist workers on a 2-core machine: one intra-op thread each avoids oversubscription.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -1,0 +1,329 @@
+"""`python -m bench table`: paper-style tables as a pure function of the stored records.
+
+Outputs in results/<protocol>/ (byte-identical for identical records: sorted rows, fixed formats):
+
+* `<name>.csv`      tidy: dataset, task, method, metric, mean, std, n, ci95_low, ci95_high, n_ok, n_total
+                    (mean/std/CI over the images whose status is ok; 95 % CI = t-interval over images)
+* `<name>.md`       the SPGD Table 1 layout: a block per dataset, rows = methods, a column group per
+                    task with PSNR / SSIM / LPIPS; best **bold**, second <u>underlined</u> (oracle rows
+                    are references and are not ranked); a cell with failures shows "value (n_ok/n)";
+                    footer: the metric card, noise, prior, seed, code version(s)
+* `<name>.tex`      the same table for LaTeX (booktabs)
+* `<name>_cost.md` / `<name>_cost.csv`  NFE forward / backward, seconds per image, peak memory
+* `<name>_vs_reference.md`  ours next to a published table (protocol `reference:`), when given
+
+The layout (order and labels of datasets, tasks and methods) comes from the protocol when given,
+otherwise from sorted names; the numbers come only from the records.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from scipy import stats as sps
+
+METRICS = ("psnr", "ssim", "lpips")
+HIGHER_BETTER = {"psnr": True, "ssim": True, "lpips": False}
+DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3}
+ARROW = {"psnr": "PSNR↑", "ssim": "SSIM↑", "lpips": "LPIPS↓"}
+ORACLE_LABELS = {"oracle_mean": "oracle: exact posterior mean", "oracle_sample": "oracle: exact posterior sample"}
+
+
+@dataclass
+class Layout:
+    datasets: list[tuple[str, str]] = field(default_factory=list)  # (name, label)
+    tasks: list[tuple[str, str]] = field(default_factory=list)
+    methods: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_protocol(cls, protocol: Any) -> "Layout":
+        return cls([(d.name, d.label) for d in protocol.datasets], [(t.name, t.label) for t in protocol.tasks],
+                   [(s.name, ORACLE_LABELS.get(s.name, s.label) if s.label == s.name else s.label)
+                    for s in protocol.solvers])
+
+    def complete(self, records: list[dict]) -> "Layout":
+        """Add (sorted, labelled by name) whatever the records hold beyond the layout; drop what they lack."""
+        out = Layout()
+        for attr, key in (("datasets", "dataset"), ("tasks", "task"), ("methods", "solver")):
+            present = sorted({r[key] for r in records})
+            known = [(n, lab) for n, lab in getattr(self, attr) if n in present]
+            names = {n for n, _ in known}
+            extra = [(n, ORACLE_LABELS.get(n, n)) for n in present if n not in names]
+            setattr(out, attr, known + extra)
+        return out
+
+
+@dataclass
+class Cell:
+    n_total: int
+    n_ok: int
+    mean: dict[str, float]
+    std: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    status: dict[str, int]
+
+
+def _mean_std_ci(values: list[float]) -> tuple[float, float, tuple[float, float]]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, (math.nan, math.nan)
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, math.nan, (math.nan, math.nan)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(sps.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return mean, std, (mean - half, mean + half)
+
+
+def aggregate(records: Iterable[dict]) -> dict[tuple[str, str, str], Cell]:
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["task"], r["solver"]), []).append(r)
+    out = {}
+    for key in sorted(groups):
+        rs = sorted(groups[key], key=lambda r: r["image_id"])
+        ok = [r for r in rs if r["status"] == "ok"]
+        mean, std, ci = {}, {}, {}
+        for m in METRICS + ("nfe_forward", "nfe_backward", "seconds", "peak_mem_mb"):
+            vals = [float(r[m]) for r in ok if r.get(m) is not None]
+            mean[m], std[m], ci[m] = _mean_std_ci(vals)
+        status: dict[str, int] = {}
+        for r in rs:
+            status[r["status"]] = status.get(r["status"], 0) + 1
+        out[key] = Cell(len(rs), len(ok), mean, std, ci, status)
+    return out
+
+
+def _f(x: float, digits: int = 6) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+# --------------------------------------------------------------------------------------- CSV
+def tidy_csv(cells: dict, layout: Layout) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["dataset", "task", "method", "metric", "mean", "std", "n", "ci95_low", "ci95_high", "n_ok", "n_total"])
+    for ds, _ in layout.datasets:
+        for task, _ in layout.tasks:
+            for method, _ in layout.methods:
+                c = cells.get((ds, task, method))
+                if c is None:
+                    continue
+                for m in METRICS:
+                    w.writerow([ds, task, method, m, _f(c.mean[m]), _f(c.std[m]), c.n_ok, _f(c.ci[m][0]),
+                                _f(c.ci[m][1]), c.n_ok, c.n_total])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------- ranking
+def _ranks(cells: dict, ds: str, task: str, methods: list[str], metric: str) -> dict[str, int]:
+    """1 = best, 2 = second, over non-oracle methods with results; ties (at display precision) share a rank."""
+    vals = {}
+    for m in methods:
+        c = cells.get((ds, task, m))
+        if c is None or m in ORACLE_LABELS or c.n_ok == 0 or math.isnan(c.mean[metric]):
+            continue
+        vals[m] = round(c.mean[metric], DIGITS[metric])
+    distinct = sorted(set(vals.values()), reverse=HIGHER_BETTER[metric])
+    return {m: distinct.index(v) + 1 for m, v in vals.items() if distinct.index(v) < 2}
+
+
+def _cell_text(c: Cell | None, metric: str, rank: int | None, bold: tuple[str, str], under: tuple[str, str],
+               show_counts: bool) -> str:
+    if c is None:
+        return ""
+    if c.n_ok == 0:
+        text = "–"
+    else:
+        text = f"{c.mean[metric]:.{DIGITS[metric]}f}"
+        if rank == 1:
+            text = bold[0] + text + bold[1]
+        elif rank == 2:
+            text = under[0] + text + under[1]
+    if show_counts and c.n_ok < c.n_total and not (c.n_ok == 0 and set(c.status) == {"unsupported"}):
+        text += f" ({c.n_ok}/{c.n_total})"
+    return text
+
+
+# --------------------------------------------------------------------------------------- Markdown
+def markdown(cells: dict, layout: Layout, title: str, footer: str) -> str:
+    lines = [f"# {title}", "", "PSNR↑ / SSIM↑ / LPIPS↓, mean over images. **Bold**: best, <u>underlined</u>: second "
+             "(oracle rows are exact-posterior references, not ranked). \"x (k/n)\": k of n images succeeded; "
+             "\"–\": not run (unsupported task) or no success.", ""]
+    methods = [m for m, _ in layout.methods]
+    for ds, ds_label in layout.datasets:
+        n_images = max((c.n_total for (d, _, _), c in cells.items() if d == ds), default=0)
+        lines += [f"## {ds_label} ({n_images} images)", ""]
+        head = ["Method"]
+        for _, t_label in layout.tasks:
+            head += [f"{t_label} {ARROW['psnr']}", ARROW["ssim"], ARROW["lpips"]]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" + "---:|" * (len(head) - 1))
+        ranks = {(t, m): _ranks(cells, ds, t, methods, m) for t, _ in layout.tasks for m in METRICS}
+        for method, label in layout.methods:
+            if not any((ds, t, method) in cells for t, _ in layout.tasks):
+                continue
+            row = [f"*{label}*" if method in ORACLE_LABELS else label]
+            for t, _ in layout.tasks:
+                c = cells.get((ds, t, method))
+                for m in METRICS:
+                    row.append(_cell_text(c, m, ranks[(t, m)].get(method), ("**", "**"), ("<u>", "</u>"), m == "psnr"))
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += [footer, ""]
+    return "\n".join(lines)
+
+
+def latex(cells: dict, layout: Layout, title: str) -> str:
+    methods = [m for m, _ in layout.methods]
+    nt = len(layout.tasks)
+    out = [f"% {title} -- generated by `python -m bench table`", r"\begin{tabular}{l" + "ccc" * nt + "}", r"\toprule"]
+    out.append(" & " + " & ".join(rf"\multicolumn{{3}}{{c}}{{{_tex(t)}}}" for _, t in layout.tasks) + r" \\")
+    out.append("".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(nt)))
+    out.append("Method" + " & PSNR$\\uparrow$ & SSIM$\\uparrow$ & LPIPS$\\downarrow$" * nt + r" \\")
+    for ds, ds_label in layout.datasets:
+        out += [r"\midrule", rf"\multicolumn{{{1 + 3 * nt}}}{{l}}{{\textit{{{_tex(ds_label)}}}}} \\", r"\midrule"]
+        ranks = {(t, m): _ranks(cells, ds, t, methods, m) for t, _ in layout.tasks for m in METRICS}
+        for method, label in layout.methods:
+            if not any((ds, t, method) in cells for t, _ in layout.tasks):
+                continue
+            row = [_tex(label)]
+            for t, _ in layout.tasks:
+                for m in METRICS:
+                    row.append(_cell_text(cells.get((ds, t, method)), m, ranks[(t, m)].get(method),
+                                          (r"\textbf{", "}"), (r"\underline{", "}"), m == "psnr").replace("–", "--"))
+            out.append(" & ".join(row) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(out)
+
+
+def _tex(s: str) -> str:
+    return s.replace("\\", r"\textbackslash{}").replace("%", r"\%").replace("_", r"\_").replace("&", r"\&").replace("#", r"\#")
+
+
+# --------------------------------------------------------------------------------------- cost
+def cost_tables(cells: dict, layout: Layout, title: str) -> tuple[str, str]:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["dataset", "task", "method", "nfe_forward", "nfe_backward", "seconds_per_image", "peak_mem_mb", "n_ok", "n_total"])
+    md = [f"# {title}: cost", "", "Per image: network forward / backward (vector-Jacobian) evaluations, wall-clock "
+          "seconds (batch time / batch size), peak memory of the batch (GPU: max allocated; CPU: growth of the "
+          "process RSS high-water mark, 0 once the peak is reached).", ""]
+    for ds, ds_label in layout.datasets:
+        md += [f"## {ds_label}", "", "| Method | " + " | ".join(t for _, t in layout.tasks) + " |",
+               "|---|" + "---:|" * len(layout.tasks)]
+        for method, label in layout.methods:
+            row, any_cell = [label], False
+            for t, _ in layout.tasks:
+                c = cells.get((ds, t, method))
+                if c is None or c.n_ok == 0:
+                    row.append("–")
+                    continue
+                any_cell = True
+                row.append(f"{_nfe(c.mean['nfe_forward'])} / {_nfe(c.mean['nfe_backward'])} NFE · "
+                           f"{c.mean['seconds']:.3g} s · {c.mean['peak_mem_mb']:.0f} MB")
+            if any_cell:
+                md.append("| " + " | ".join(row) + " |")
+        md.append("")
+        for t, _ in layout.tasks:
+            for method, _ in layout.methods:
+                c = cells.get((ds, t, method))
+                if c is not None:
+                    w.writerow([ds, t, method, _f(c.mean["nfe_forward"], 1), _f(c.mean["nfe_backward"], 1),
+                                _f(c.mean["seconds"], 4), _f(c.mean["peak_mem_mb"], 1), c.n_ok, c.n_total])
+    return "\n".join(md), buf.getvalue()
+
+
+def _nfe(x: float) -> str:
+    return "–" if math.isnan(x) else (f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}")
+
+
+# --------------------------------------------------------------------------------------- reference
+def read_reference(path: Path) -> dict[tuple[str, str, str], dict[str, float]]:
+    ref = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            ref[(row["dataset"], row["task"], row["method"])] = {
+                m: (float(row[m]) if row[m] not in ("", "-", "–") else math.nan) for m in METRICS}
+    return ref
+
+
+def reference_markdown(cells: dict, layout: Layout, ref: dict, title: str, source: str) -> str:
+    lines = [f"# {title}: ours vs published", "", f"Each cell: ours / published ({source}). PSNR↑ / SSIM↑ / LPIPS↓.", ""]
+    for ds, ds_label in layout.datasets:
+        lines += [f"## {ds_label}", "", "| Method | " + " | ".join(
+            f"{t} {ARROW[m]}" if m == "psnr" else ARROW[m] for _, t in layout.tasks for m in METRICS) + " |",
+            "|---|" + "---:|" * (3 * len(layout.tasks))]
+        for method, label in layout.methods:
+            if not any((ds, t, method) in cells or (ds, t, method) in ref for t, _ in layout.tasks):
+                continue
+            row = [label]
+            for t, _ in layout.tasks:
+                c, r = cells.get((ds, t, method)), ref.get((ds, t, method), {})
+                for m in METRICS:
+                    ours = f"{c.mean[m]:.{DIGITS[m]}f}" if c and c.n_ok else "–"
+                    paper = f"{r[m]:.{DIGITS[m]}f}" if r and not math.isnan(r.get(m, math.nan)) else "–"
+                    row.append(f"{ours} / {paper}")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- footer
+def footer(records: list[dict], configs: dict[str, dict]) -> str:
+    used = sorted({r["config_hash"] for r in records})
+    cfgs = [configs[h] for h in used if h in configs]
+    lines = ["### Metric card and protocol", ""]
+    cards = sorted({_kv(c.get("metrics", {})) for c in cfgs})
+    for card in cards or ["(no configuration stored with these records)"]:
+        lines.append(f"- metrics: {card}")
+    noise = sorted({f"{c['task']['name']}: sigma_y = {c['task']['sigma_y']:g}" for c in cfgs if "task" in c})
+    if noise:
+        lines.append("- measurement noise (std in [-1,1] pixel units; 0.05 there = 0.025 on [0,1]): " + "; ".join(noise))
+    priors = sorted({f"{c['dataset']['name']}: {c['dataset']['prior']} ({c['dataset']['image_size']}px, "
+                     f"manifest {c['dataset']['manifest']})" for c in cfgs if "dataset" in c})
+    if priors:
+        lines.append("- data and prior: " + "; ".join(priors))
+    seeds = sorted({str(r["seed"]) for r in records})
+    lines.append(f"- seed: {', '.join(seeds)}; per-image operator, noise and solver streams (bench/seeding.py)")
+    versions = sorted({r.get("code_version", "?") for r in records})
+    lines.append(f"- code version: {', '.join(versions)}")
+    failed = sorted({(r["solver"], r["task"], r["status"], r["message"]) for r in records
+                     if r["status"] in ("diverged", "error")})
+    if failed:
+        lines.append("- failures:")
+        for solver, task, status, msg in failed[:20]:
+            lines.append(f"  - {solver} / {task}: {status}: {msg}")
+    return "\n".join(lines)
+
+
+def _kv(d: dict) -> str:
+    return ", ".join(f"{k}={d[k]}" for k in sorted(d))
+
+
+# --------------------------------------------------------------------------------------- entry
+def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: str, layout: Layout | None = None,
+          reference: Path | None = None) -> list[Path]:
+    """Write every table of a results folder; returns the files written."""
+    layout = (layout or Layout()).complete(records)
+    cells = aggregate(records)
+    title = f"{name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {f"{name}.csv": tidy_csv(cells, layout),
+             f"{name}.md": markdown(cells, layout, title, footer(records, configs)),
+             f"{name}.tex": latex(cells, layout, title)}
+    cost_md, cost_csv = cost_tables(cells, layout, title)
+    files[f"{name}_cost.md"], files[f"{name}_cost.csv"] = cost_md + "\n", cost_csv
+    if reference is not None and reference.exists():
+        files[f"{name}_vs_reference.md"] = reference_markdown(cells, layout, read_reference(reference), title,
+                                                              reference.name) + "\n"
+    written = []
+    for fname, text in files.items():
+        path = out_dir / fname
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

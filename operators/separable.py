@@ -1,0 +1,149 @@
+"""Separable linear operators A(x)_c = M_rows X_c M_cols^T and their SVD (DDRM `SRConv` / `Deblurring`).
+
+Used by `sr4` (bicubic Resizer, M = 64x256) and `deblur_gaussian` (reflect-padded Gaussian, M = 256x256).
+Spec solvers-baselines.md §4.4: SVD of each 1-D matrix M = U_1 S_1 V_1^T, 1-D singular values below a
+threshold zeroed (DDRM: ZERO = 3e-2; pass 0 for the exact operator), 2-D singular values
+s_(a,b) = S_r[a] S_c[b], the (a, b) pairs with a < rows, b < cols sorted in descending order (stable)
+followed by the remaining (a, b) of the input grid (singular value 0), each repeated for the C
+channels (channel-minor). U and V share that order on the first m = C*h_out*w_out indices.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from operators.base import SVD, LinearOperator, OperatorError, Tensor
+
+DDRM_ZERO = 3e-2
+
+
+def apply_separable(rows: Tensor, cols: Tensor, x: Tensor) -> Tensor:
+    """rows @ X @ cols^T on the last two axes."""
+    return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
+class SeparableSVD(SVD):
+    """SVD of X -> R X C^T with R (h_out, H), C (w_out, W), C channels."""
+
+    def __init__(self, rows: Tensor, cols: Tensor, channels: int, threshold: float = DDRM_ZERO) -> None:
+        self.threshold = float(threshold)
+        self.channels = channels
+        self.h_out, self.h = rows.shape
+        self.w_out, self.w = cols.shape
+        self.n = channels * self.h * self.w
+        self.m = channels * self.h_out * self.w_out
+        u_r, s_r, vt_r = torch.linalg.svd(rows.to(torch.float64))  # full_matrices: V is (H, H)
+        u_c, s_c, vt_c = torch.linalg.svd(cols.to(torch.float64))
+        s_r = torch.where(s_r < self.threshold, torch.zeros_like(s_r), s_r)
+        s_c = torch.where(s_c < self.threshold, torch.zeros_like(s_c), s_c)
+        self.u_r, self.v_r, self.u_c, self.v_c = u_r, vt_r.T, u_c, vt_c.T
+        block = torch.outer(s_r, s_c).reshape(-1)  # (h_out * w_out,), (a, b) row-major
+        order = torch.argsort(block, descending=True, stable=True)
+        a, b = order // self.w_out, order % self.w_out
+        inside = torch.zeros(self.h, self.w, dtype=torch.bool)
+        inside[: self.h_out, : self.w_out] = True
+        rest = torch.nonzero(~inside.reshape(-1)).reshape(-1)
+        self.perm_u = order  # spectral index k < h_out*w_out -> (a, b) in the output grid
+        self.perm_v = torch.cat([a * self.w + b, rest])  # spectral index -> (a, b) in the input grid
+        self.inv_u = torch.argsort(self.perm_u)
+        self.inv_v = torch.argsort(self.perm_v)
+        s = torch.cat([block[order], torch.zeros(self.h * self.w - block.numel(), dtype=torch.float64)])
+        self._singulars = s.repeat_interleave(channels)[None]
+
+    def _m(self, t: Tensor, like: Tensor) -> Tensor:
+        return t.to(dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def _to_spectral(grid: Tensor, perm: Tensor) -> Tensor:  # (B, C, a, b) -> (B, C*a*b) channel-minor
+        b, c = grid.shape[:2]
+        flat = grid.reshape(b, c, -1)[:, :, perm.to(grid.device)]
+        return flat.transpose(1, 2).reshape(b, -1)
+
+    @staticmethod
+    def _from_spectral(v: Tensor, inverse: Tensor, c: int, h: int, w: int) -> Tensor:
+        flat = v.reshape(v.shape[0], -1, c).transpose(1, 2)
+        return flat[:, :, inverse.to(v.device)].reshape(v.shape[0], c, h, w)
+
+    def Vt(self, x: Tensor) -> Tensor:
+        grid = apply_separable(self._m(self.v_r.T, x), self._m(self.v_c.T, x), x)
+        return self._to_spectral(grid, self.perm_v)
+
+    def V(self, v: Tensor) -> Tensor:
+        grid = self._from_spectral(v, self.inv_v, self.channels, self.h, self.w)
+        return apply_separable(self._m(self.v_r, v), self._m(self.v_c, v), grid)
+
+    def Ut(self, y: Tensor) -> Tensor:
+        grid = apply_separable(self._m(self.u_r.T, y), self._m(self.u_c.T, y), y)
+        return self._to_spectral(grid, self.perm_u)
+
+    def U(self, u: Tensor) -> Tensor:
+        grid = self._from_spectral(u, self.inv_u, self.channels, self.h_out, self.w_out)
+        return apply_separable(self._m(self.u_r, u), self._m(self.u_c, u), grid)
+
+    def singulars(self, batch: int | None = None) -> Tensor:
+        return self._singulars if batch is None else self._singulars.expand(batch, -1)
+
+
+class SeparableOperator(LinearOperator):
+    """A(x)_c = rows @ X_c @ cols^T; subclasses set `rows`, `cols` (float64) in __init__.
+
+    `svd` zeroes 1-D singular values below `svd_threshold` (DDRM's 3e-2 by default); `svd_at(t)` gives
+    the SVD for another threshold (0 = the exact operator). `pinv` = V S^+ U^T of `svd` (truncated).
+    `prox(..., method="svd")` is exact (threshold 0); "cg" solves the normal equations by CG.
+    """
+
+    rows: Tensor
+    cols: Tensor
+    prox_methods: tuple[str, ...] = ("svd", "cg")
+    svd_threshold: float = DDRM_ZERO
+    prox_method: str = "svd"
+
+    def _set_prox_method(self, method: str) -> None:
+        if method not in self.prox_methods:
+            raise OperatorError(f"{self.name}: unknown prox method {method!r}; valid: {', '.join(self.prox_methods)}")
+        self.prox_method = method
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        return (self.image_shape[0], self.rows.shape[0], self.cols.shape[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return apply_separable(self.param("rows", x), self.param("cols", x), x)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        if y.ndim != 4 or tuple(y.shape[1:]) != self.output_shape:
+            raise OperatorError(f"{self.name}: adjoint expects measurements of shape (B, {', '.join(map(str, self.output_shape))}), "
+                                f"got {tuple(y.shape)}")
+        self.check_batch(y.shape[0])
+        return apply_separable(self.param("rows", y).T, self.param("cols", y).T, y)
+
+    def svd_at(self, threshold: float) -> SeparableSVD:
+        key = ("svd", float(threshold))
+        if key not in self._cache:
+            self._cache[key] = SeparableSVD(self.rows, self.cols, self.image_shape[0], threshold)
+        return self._cache[key]
+
+    @property
+    def svd(self) -> SeparableSVD:
+        return self.svd_at(self.svd_threshold)
+
+    def pinv(self, y: Tensor) -> Tensor:
+        """V S^+ U^T y with the thresholded singular values of `svd` (DDRM's H_pinv)."""
+        return self.svd.pinv(y)
+
+    def prox(self, z: Tensor, y: Tensor, rho: float | Tensor, method: str | None = None, **kwargs: Any) -> Tensor:
+        method = method or self.prox_method
+        if method == "svd":
+            self.check_input(z)
+            return self.svd_at(0.0).prox(z, y, rho)
+        if method == "cg":
+            return self.prox_cg(z, y, rho, **kwargs)
+        return self._prox_other(method, z, y, rho, **kwargs)
+
+    def _prox_other(self, method: str, z: Tensor, y: Tensor, rho: float | Tensor, **kwargs: Any) -> Tensor:
+        raise OperatorError(f"{self.name}: unknown prox method {method!r}; valid: {', '.join(self.prox_methods)}")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "svd_threshold": self.svd_threshold, "prox_method": self.prox_method}

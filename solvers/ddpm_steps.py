@@ -1,0 +1,182 @@
+"""Shared DDPM mechanism of the DPS family (DPS, DPPS, MCG, Score-SDE); defines no solver.
+
+Spec solvers-baselines.md §1.2 (guided-diffusion `p_sample`, `timestep_respacing`), written for
+a respaced grid k_0 > k_1 > ... > k_{S-1} = 0 of the 1000 training indices (S = 1000: every index).
+
+One ancestral step from x_k to x_{k'} (k' = next index of the grid, abar_{-1} := 1):
+
+    beta'      = 1 - abar_k / abar_{k'}                       (respaced beta; = beta_k when k' = k - 1)
+    (eps, v)   = prior.model_output(x_k, k)                   (the model always sees the original index k)
+    x0_hat     = clip_[-1,1]((x_k - sqrt(1 - abar_k) eps) / sqrt(abar_k))     (clip inside the graph)
+    mean       = c_x0 x0_hat + c_xk x_k,
+                 c_x0 = beta' sqrt(abar_{k'}) / (1 - abar_k),  c_xk = (1 - abar_{k'}) sqrt(1 - beta') / (1 - abar_k)
+    log s^2    = f log beta' + (1 - f) log beta~',  f = (v + 1) / 2,  beta~' = beta' (1 - abar_{k'}) / (1 - abar_k)
+                 (learned range; v None -> "fixed small" log beta~'; beta~' of the first step (k' = -1, where it
+                  is 0) replaced by that of the second step, as guided-diffusion's `posterior_log_variance_clipped`)
+    x_{k'}     = mean + s z,  z ~ N(0, I),  no noise at the last step (k' = -1).
+
+On the full grid this is exactly `prior.log_variance(k, v, like)` (tests/test_solver_dps_family.py checks it);
+that method only knows unit strides, so the respaced variance is computed here from the same formula.
+
+Grid: guided-diffusion `space_timesteps(1000, [S])`: k = round(i * 999 / (S - 1)), i = 0..S-1 (S = 1000 is the
+identity), so a smoke run with S = 20 is the same sampler on a coarser grid.
+
+Guidance pieces: `residual_norm` is ||y - A(x0_hat)||_2 PER IMAGE (shape (B,)); the released DPS code takes
+one norm over the whole batch tensor, which couples the images of a batch (spec §3.1 step 2); with one image
+per batch both agree. `norm_gradient` is grad_{x_k} of the per-image norms (one backward pass per image;
+summing per-image norms keeps the gradients separate).
+
+Measurement noise: none of the DPS-family updates reads sigma_y (zeta, the candidate distance and the
+projections use y as given). Their step sizes were tuned for sigma_y = 0.05 on [-1, 1] images, which is our
+unit (spec §0.1), so no conversion is needed; `measurement_noise_std` is the one place that states it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+import torch
+
+from operators.base import LinearOperator, Operator
+from priors.base import DiffusionPrior
+from priors.schedule import VPSchedule
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class DDPMStep:
+    """Coefficients of one ancestral step k -> k_prev of a (respaced) grid."""
+
+    k: int
+    k_prev: int  # -1 at the last step
+    abar: float
+    abar_prev: float
+    c_x0: float
+    c_xk: float
+    log_var_min: float  # log beta~' (clipped)
+    log_var_max: float  # log beta'
+
+    @property
+    def last(self) -> bool:
+        return self.k_prev < 0
+
+    @property
+    def snr(self) -> float:
+        """abar_k / (1 - abar_k) at the current index."""
+        return self.abar / (1.0 - self.abar)
+
+
+def timesteps(num_steps: int, num_train_steps: int = 1000) -> list[int]:
+    """Evenly spaced training indices, descending (guided-diffusion `space_timesteps` with one section)."""
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f"num_steps must be in [1, {num_train_steps}], got {num_steps}")
+    if num_steps == 1:
+        return [num_train_steps - 1]
+    stride = (num_train_steps - 1) / (num_steps - 1)
+    return sorted({round(i * stride) for i in range(num_steps)}, reverse=True)
+
+
+def ddpm_grid(schedule: VPSchedule, num_steps: int) -> list[DDPMStep]:
+    """The ancestral steps of the `num_steps`-step grid, from the noisiest index down to 0."""
+    ks = timesteps(num_steps, schedule.num_steps)
+    ab = schedule.alphas_cumprod
+    steps = []
+    for i, k in enumerate(ks):
+        k_prev = ks[i + 1] if i + 1 < len(ks) else -1
+        a, a_prev = float(ab[k]), (float(ab[k_prev]) if k_prev >= 0 else 1.0)
+        beta = 1.0 - a / a_prev
+        beta_tilde = beta * (1.0 - a_prev) / (1.0 - a)
+        steps.append(dict(k=k, k_prev=k_prev, abar=a, abar_prev=a_prev,
+                          c_x0=beta * math.sqrt(a_prev) / (1.0 - a),
+                          c_xk=(1.0 - a_prev) * math.sqrt(1.0 - beta) / (1.0 - a),
+                          beta=beta, beta_tilde=beta_tilde))
+    if len(steps) > 1:  # beta~ of the last step (k' = -1) is 0: use the previous step's, as guided-diffusion
+        steps[-1]["beta_tilde"] = steps[-2]["beta_tilde"]
+    else:
+        steps[-1]["beta_tilde"] = steps[-1]["beta"]
+    return [DDPMStep(k=s["k"], k_prev=s["k_prev"], abar=s["abar"], abar_prev=s["abar_prev"],
+                     c_x0=s["c_x0"], c_xk=s["c_xk"], log_var_min=math.log(s["beta_tilde"]),
+                     log_var_max=math.log(s["beta"])) for s in steps]
+
+
+@dataclass
+class Prediction:
+    """What one model evaluation at x_k gives the step: eps, v, x0_hat (clipped) and the posterior mean."""
+
+    eps: Tensor
+    v: Tensor | None
+    x0: Tensor
+    mean: Tensor
+
+
+def predict(prior: DiffusionPrior, x: Tensor, step: DDPMStep, clip: bool = True) -> Prediction:
+    """One counted model evaluation at x_k; x0_hat is clipped inside the autograd graph."""
+    eps, v = prior.model_output(x, step.k)
+    x0 = prior.x0_from_eps(x, step.k, eps, clip=clip)
+    return Prediction(eps=eps, v=v, x0=x0, mean=step.c_x0 * x0 + step.c_xk * x)
+
+
+def log_variance(step: DDPMStep, v: Tensor | None, like: Tensor) -> Tensor:
+    """Learned-range log variance of the step (fixed small when v is None), shaped like `like`."""
+    if v is None:
+        return torch.full_like(like, step.log_var_min)
+    f = (v.detach() + 1) / 2
+    return f * step.log_var_max + (1 - f) * step.log_var_min
+
+
+def step_std(step: DDPMStep, v: Tensor | None, like: Tensor) -> Tensor:
+    """s_k, shaped like `like` (zero at the last step)."""
+    if step.last:
+        return torch.zeros_like(like)
+    return torch.exp(0.5 * log_variance(step, v, like))
+
+
+def ancestral_noise(step: DDPMStep, v: Tensor | None, like: Tensor, rng) -> Tensor:
+    """s_k z with z from each image's own stream; nothing is drawn at the last step."""
+    if step.last:
+        return torch.zeros_like(like)
+    return step_std(step, v, like) * rng.randn_like(like)
+
+
+def start_noise(prior: DiffusionPrior, y: Tensor, rng) -> Tensor:
+    """x_T ~ N(0, I) of the prior's image shape, one stream per image."""
+    return rng.randn(prior.image_shape, like=y)
+
+
+def residual_norm(y: Tensor, A: Operator, x0: Tensor) -> Tensor:
+    """||y - A(x0)||_2 per image, shape (B,)."""
+    return torch.linalg.vector_norm((y - A(x0)).flatten(1), dim=1)
+
+
+def norm_gradient(norms: Tensor, x: Tensor) -> Tensor:
+    """grad_x of each image's norm (norms (B,) built from x); one backward pass per image."""
+    (g,) = torch.autograd.grad(norms.sum(), x)
+    return g
+
+
+def noised_measurement(y: Tensor, abar: float, rng) -> Tensor:
+    """q(y, k) = sqrt(abar) y + sqrt(1 - abar) z (Score-SDE / MCG projections), z from each image's stream."""
+    return math.sqrt(abar) * y + math.sqrt(1.0 - abar) * rng.randn_like(y)
+
+
+def measurement_noise_std(A: Operator) -> float:
+    """sigma_y in the DPS family's unit ([-1, 1] pixel std) = ours; kept for solvers that need it."""
+    return A.sigma_y
+
+
+def has_pinv(A: Operator) -> bool:
+    """Whether A is linear with a closed-form pseudo-inverse (structural check, nothing is evaluated)."""
+    return bool(A.is_linear) and type(A).pinv is not LinearOperator.pinv
+
+
+def project_onto_measurement(x: Tensor, y_k: Tensor, A: Operator) -> Tensor:
+    """Projection onto {x : A x = y_k}: x - A^+(A x - y_k) (spec §8.1, general linear A).
+
+    For the inpainting mask A^+ = A = m, so this is (1 - m) x + m y_k, the Score-SDE / MCG code.
+    """
+    return x - A.pinv(A(x) - y_k)
+
+
+def check_positions(num_steps: int) -> set[int]:
+    """Step positions after which the samplers test for NaN/inf (a quarter, half, three quarters, end)."""
+    return {max(num_steps * q // 4 - 1, 0) for q in (1, 2, 3, 4)}
