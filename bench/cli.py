@@ -1,7 +1,7 @@
 """The `python -m bench` command line.
 
     python -m bench run   --protocol NAME [--limit N] [--datasets a,b] [--tasks a,b] [--solvers a,b]
-                          [--batch-size B] [--device cpu|cuda] [--results DIR] [--retry-errors]
+                          [--batch-size B] [--device cpu|cuda] [--threads N] [--results DIR] [--retry-errors]
     python -m bench table --protocol NAME [--results DIR]
     python -m bench data check --protocol NAME [--datasets a,b]     (folder vs manifest: missing/changed/extra)
     python -m bench data manifest FOLDER --dataset NAME --out FILE  (hash a folder into a manifest)
@@ -44,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BenchError("--batch-size must be >= 1")
     device = args.device or ("cuda" if _cuda() else "cpu")
     runner = Runner(p, results_dir(p.name, args.results), device=device, batch_size=args.batch_size,
-                    limit=args.limit, retry_errors=args.retry_errors)
+                    limit=args.limit, retry_errors=args.retry_errors, threads=args.threads)
     counts = runner.run()
     print(f"{p.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" -> {runner.dir}")
     return 0
@@ -59,7 +59,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise BenchError(f"no records in {out}/records; run `python -m bench run --protocol {args.protocol}` first")
     layout = tables.Layout.from_protocol(p)
     ref = proto.repo_path(p.reference) if p.reference else None
-    files = tables.write(records, store.load_configs(out), out, p.name, layout, ref)
+    files = tables.write(records, store.load_configs(out), out, p.name, layout, ref, p.description)
     files += grids.write_grids(out, layout.methods)
     for f in files:
         print(f)
@@ -120,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--datasets"), r.add_argument("--tasks"), r.add_argument("--solvers")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--device")
+    r.add_argument("--threads", type=int, help="CPU threads (default: 1 for images <= 64 px on CPU, else torch's)")
     r.add_argument("--results", help="results folder (default results/<protocol>)")
     r.add_argument("--retry-errors", action="store_true", help="rerun images whose record is an error")
     r.set_defaults(func=cmd_run)
@@ -134,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--datasets"), d.add_argument("--dataset"), d.add_argument("--out")
     d.set_defaults(func=cmd_data)
     c = sub.add_parser("checkpoints", help="download / verify prior checkpoints")
-    c.add_argument("names", nargs="*")
+    c.add_argument("names", nargs="*", help="names and options of priors/checkpoints.py (--list, --dir, --url)")
     c.set_defaults(func=cmd_checkpoints)
     s = sub.add_parser("protocols", help="list the protocols")
     s.set_defaults(func=cmd_protocols)
@@ -142,6 +143,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["checkpoints"]:  # every option goes to priors/checkpoints.py (--list, --dir, --url)
+        argv = ["checkpoints", "--", *argv[1:]] if len(argv) > 1 else argv
     args = parser().parse_args(argv)
     warnings.simplefilter("default")
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 LABEL_HEIGHT = 14
+MIN_CELL = 96  # pixels
 
 
 def write_grids(results_dir: Path, methods: list[tuple[str, str]], out_dir: Path | None = None) -> list[Path]:
@@ -40,7 +41,9 @@ def write_grids(results_dir: Path, methods: list[tuple[str, str]], out_dir: Path
 
 def _grid(task_dir: Path, columns: list[tuple[str, str]], ids: list[str]) -> Image.Image:
     with Image.open(task_dir / "_gt" / f"{ids[0]}.png") as first:
-        w, h = first.size
+        w0, h0 = first.size
+    zoom = max(1, MIN_CELL // w0)  # tiny images are enlarged (nearest) so the grid stays readable
+    w, h = w0 * zoom, h0 * zoom
     cell_w = max(w, 64)
     canvas = Image.new("RGB", (cell_w * len(columns), LABEL_HEIGHT + h * len(ids)), "white")
     draw = ImageDraw.Draw(canvas)
@@ -51,5 +54,6 @@ def _grid(task_dir: Path, columns: list[tuple[str, str]], ids: list[str]) -> Ima
             p = task_dir / col / f"{image_id}.png"
             if p.exists():
                 with Image.open(p) as im:
-                    canvas.paste(im.convert("RGB"), (c * cell_w, LABEL_HEIGHT + r * h))
+                    tile = im.convert("RGB").resize((w, h), Image.Resampling.NEAREST)
+                    canvas.paste(tile, (c * cell_w, LABEL_HEIGHT + r * h))
     return canvas

@@ -104,15 +104,35 @@ def load_prior(name: str, image_size: int, device: str) -> torch.nn.Module:
     return prior
 
 
+def missing_checkpoint(name: str) -> str | None:
+    """For a registered checkpoint name: None when its file is in place, else the message naming it."""
+    try:
+        from priors import registry
+    except ImportError:
+        return None
+    if name not in getattr(registry, "SPECS", {}):
+        return None
+    try:
+        registry.find_checkpoint(registry.SPECS[name])
+    except registry.CheckpointError as err:
+        return str(err)
+    return None
+
+
 def prior_identity(prior: torch.nn.Module, name: str) -> dict:
+    """What decides the prior: checkpoint file and sha256 (registered ADM), or the exact prior's parameters."""
     ident = {"name": name, "class": f"{type(prior).__module__}.{type(prior).__qualname__}",
              "image_shape": list(prior.image_shape)}
-    describe = getattr(prior, "describe", None)
-    if callable(describe):
-        ident["describe"] = describe()
-    for attr in ("checkpoint_sha256", "sha256", "checkpoint"):
-        if getattr(prior, attr, None) is not None:
-            ident[attr] = str(getattr(prior, attr))
+    params = getattr(prior, "parameters_dict", None)
+    if callable(params):
+        ident["parameters"] = params()
+    try:
+        from priors import registry
+        if name in registry.SPECS:
+            path = registry.find_checkpoint(registry.SPECS[name])
+            ident["checkpoint"] = {"file": path.name, "sha256": registry.cached_sha256(path)}
+    except ImportError:
+        pass
     return ident
 
 
@@ -134,10 +154,15 @@ class Oracle:
         if not self.supports(A):
             raise UnsupportedTask(f"prior {getattr(self.prior, 'name', '?')!r} has no exact {self.method}")
         self.prior.reset_counters()
-        with torch.no_grad():
-            if self.name == "oracle_mean":
-                return self.prior.posterior_mean(y, A).clamp(-1, 1)
-            return self.prior.posterior_sample(y, A, generator).clamp(-1, 1)
+        out = []
+        with torch.no_grad():  # one image at a time: a batched iterative solve (CG) stops when the
+            for i in range(y.shape[0]):  # slowest image converges, which would couple the images
+                A_i = A.select([i])
+                if self.name == "oracle_mean":
+                    out.append(self.prior.posterior_mean(y[i:i + 1], A_i))
+                else:
+                    out.append(self.prior.posterior_sample(y[i:i + 1], A_i, [generator[i]]))
+        return torch.cat(out).clamp(-1, 1)
 
 
 def build_solver(spec: SolverSpec, prior: torch.nn.Module, task: str, dataset: str, smoke: bool) -> Any:
@@ -151,6 +176,16 @@ def build_solver(spec: SolverSpec, prior: torch.nn.Module, task: str, dataset: s
         return solvers.get(spec.name, prior, task=task, dataset=dataset, **overrides)
     except SolverError as err:
         raise BenchError(f"solver {spec.name!r}: {err}") from None
+
+
+def default_threads(protocol: Protocol, device: torch.device) -> int | None:
+    """CPU threads: $RESTOREBENCH_THREADS, else 1 for small images on CPU (tiny tensors run several
+    times faster without intra-op threading: the demo's 64x64 solvers), else torch's default."""
+    if os.environ.get("RESTOREBENCH_THREADS"):
+        return int(os.environ["RESTOREBENCH_THREADS"])
+    if device.type == "cpu" and max(d.image_size for d in protocol.datasets) <= 64:
+        return 1
+    return None
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -189,7 +224,7 @@ class Cell:
 class Runner:
     def __init__(self, protocol: Protocol, results_dir: Path, device: str = "cpu", batch_size: int | None = None,
                  limit: int | None = None, retry_errors: bool = False, progress: bool | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, threads: int | None = None) -> None:
         self.p = protocol
         self.dir = Path(results_dir)
         self.device = torch.device(device)
@@ -200,6 +235,9 @@ class Runner:
         self.progress = sys.stderr.isatty() and self.rank == 0 if progress is None else progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.version = code_version()
+        self.threads = threads if threads else default_threads(protocol, self.device)
+        if self.threads:
+            torch.set_num_threads(self.threads)
 
     # ---------------------------------------------------------------- preflight
     def preflight(self) -> tuple[dict[str, list[data.ImageRef]], dict[str, torch.nn.Module]]:
@@ -210,7 +248,10 @@ class Runner:
                 images[ds.name] = data.resolve(ds, self.limit)
             except BenchError as err:
                 problems.append(str(err))
-        for ds in self.p.datasets:
+        missing = {msg for msg in (missing_checkpoint(ds.prior) for ds in self.p.datasets) if msg}
+        if missing:
+            problems.extend(sorted(missing))
+        for ds in self.p.datasets if not problems else []:
             try:
                 priors[ds.name] = load_prior(ds.prior, ds.image_size, str(self.device))
             except BenchError as err:
@@ -218,7 +259,7 @@ class Runner:
             except (FileNotFoundError, ValueError, RuntimeError, OSError, ImportError) as err:
                 problems.append(f"prior {ds.prior!r} for dataset {ds.name!r}: {err}")
         if problems:
-            needs_ckpt = any("prior" in p for p in problems)
+            needs_ckpt = any("checkpoint" in p for p in problems)
             hint = "\nDownload the checkpoints with `make checkpoints` (python -m bench checkpoints)." if needs_ckpt else ""
             raise BenchError("cannot start, nothing was run:\n" + "\n".join(problems) + hint)
         return images, priors

@@ -307,11 +307,11 @@ def _kv(d: dict) -> str:
 
 # --------------------------------------------------------------------------------------- entry
 def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: str, layout: Layout | None = None,
-          reference: Path | None = None) -> list[Path]:
+          reference: Path | None = None, description: str = "") -> list[Path]:
     """Write every table of a results folder; returns the files written."""
     layout = (layout or Layout()).complete(records)
     cells = aggregate(records)
-    title = f"{name}"
+    title = f"{name}: {description}" if description else name
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {f"{name}.csv": tidy_csv(cells, layout),
              f"{name}.md": markdown(cells, layout, title, footer(records, configs)),

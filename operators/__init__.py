@@ -2,10 +2,12 @@
 import importlib
 import pkgutil
 
-from operators.base import LinearOperator, Operator, OperatorError, SVD, get, names, randn_per_image
+from operators.base import LinearOperator, Operator, OperatorError, SVD, get, names, parameters, randn_per_image
+from operators.noise import GaussianNoise
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "base" and not _m.name.startswith("_"):
         importlib.import_module(f"operators.{_m.name}")
 
-__all__ = ["LinearOperator", "Operator", "OperatorError", "SVD", "get", "names", "randn_per_image"]
+__all__ = ["GaussianNoise", "LinearOperator", "Operator", "OperatorError", "SVD", "get", "names", "parameters",
+           "randn_per_image"]

@@ -34,7 +34,7 @@ Tensor = torch.Tensor
 
 _REGISTRY: dict[str, type["Operator"]] = {}
 
-__all__ = ["Operator", "LinearOperator", "SVD", "OperatorError", "get", "names", "randn_per_image"]
+__all__ = ["Operator", "LinearOperator", "SVD", "OperatorError", "get", "names", "parameters", "randn_per_image"]
 
 
 class OperatorError(ValueError):
@@ -104,8 +104,9 @@ class Operator:
                 raise OperatorError(f"{self.name}: select index out of range for {p} per-image parameter sets")
             for attr in self.batched_params:
                 setattr(new, attr, getattr(self, attr)[index])
-        if self.seeds is not None and not self.shared_params:
-            new.seeds = [self.seeds[int(i)] for i in index] if p > 1 else list(self.seeds)
+        if self.seeds is not None and not self.shared_params and len(self.seeds) > 1:
+            if all(-len(self.seeds) <= int(i) < len(self.seeds) for i in index):
+                new.seeds = [self.seeds[int(i)] for i in index]
         return new
 
     def param(self, attr: str, like: Tensor) -> Tensor:
@@ -194,8 +195,8 @@ class SVD:
     (padded with zeros up to n). `U`/`Ut` act on the measurement space flattened to (B, m), m <= n;
     spectral index i < m pairs column i of U with column i of V.
 
-    Subclasses set `n`, `m` and implement the five maps; `singulars()` may return (1, n) when the
-    parameters are shared by the batch (it broadcasts; pass `batch` to expand). The generic `A`,
+    Subclasses set `n`, `m` and implement the five maps; `singulars()` is float64 and may return (1, n)
+    when the parameters are shared by the batch (it broadcasts; pass `batch` to expand). `rank`: (P,). The generic `A`,
     `At`, `pinv` and `prox` below are written in spectral coordinates and work for every subclass.
     """
 
@@ -264,8 +265,8 @@ def parameters(task: str) -> list[str]:
     if task not in _REGISTRY:
         raise OperatorError(f"unknown task {task!r}; available tasks: {', '.join(names())}")
     sig = inspect.signature(_REGISTRY[task].__init__)
-    return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind is inspect.Parameter.KEYWORD_ONLY
-            or (p != "self" and sig.parameters[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name, p in sig.parameters.items() if name != "self" and p.kind in kinds]
 
 
 def names() -> list[str]:

@@ -26,7 +26,6 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 import torch
-import torch.nn.functional as F
 
 from operators.base import LinearOperator, OperatorError, Tensor
 from operators.linalg import expand_per_image
@@ -50,15 +49,37 @@ def _fft_size(n: int) -> int:
         m += 1
 
 
-def reflect_pad_adjoint(z: Tensor, pad: int) -> Tensor:
-    """Adjoint of whole-sample reflection padding by `pad` on the last two axes (folds the borders back)."""
-    for dim in (-2, -1):
+def reflect_pad_adjoint(z: Tensor, pad: int, inplace: bool = False) -> Tensor:
+    """Adjoint of whole-sample reflection padding by `pad` on the last two axes (folds the borders back).
+
+    z: (..., H + 2 pad, W + 2 pad) -> (..., H, W). Padded index q < pad holds original index pad - q and
+    q = pad + n + j holds n - 2 - j, so the strips are added (flipped) onto the interior; `inplace`
+    lets it reuse z's memory for that (z is then overwritten).
+    """
+    z = z if inplace else z.clone()
+    for dim in (-1, -2):
         n = z.shape[dim] - 2 * pad
-        core = z.narrow(dim, pad, n).clone()
-        core.narrow(dim, 1, pad).add_(z.narrow(dim, 0, pad).flip(dim))
-        core.narrow(dim, n - 1 - pad, pad).add_(z.narrow(dim, pad + n, pad).flip(dim))
-        z = core
-    return z
+        z.narrow(dim, pad + 1, pad).add_(z.narrow(dim, 0, pad).flip(dim))
+        z.narrow(dim, n - 1, pad).add_(z.narrow(dim, pad + n, pad).flip(dim))
+    h, w = z.shape[-2] - 2 * pad, z.shape[-1] - 2 * pad
+    return z[..., pad:pad + h, pad:pad + w].contiguous()
+
+
+def reflect_pad_into(x: Tensor, pad: int, size: tuple[int, int], buf: Tensor | None = None) -> Tensor:
+    """Whole-sample reflection padding by `pad` written into a zero (..., size) buffer (one copy).
+
+    Same values as F.pad(x, (pad,) * 4, mode="reflect") in [:H + 2 pad, :W + 2 pad], zeros beyond
+    (the FFT grid), without a second copy for the zero padding. `buf` (zero outside that region,
+    e.g. from an earlier call) is reused when given: fresh 20 MB allocations cost page faults.
+    """
+    h, w = x.shape[-2:]
+    buf = x.new_zeros(*x.shape[:-2], *size) if buf is None else buf
+    buf[..., pad:pad + h, pad:pad + w] = x
+    buf[..., pad:pad + h, :pad] = x[..., :, 1:pad + 1].flip(-1)
+    buf[..., pad:pad + h, pad + w:2 * pad + w] = x[..., :, w - 1 - pad:w - 1].flip(-1)
+    buf[..., :pad, : w + 2 * pad] = buf[..., pad + 1:2 * pad + 1, : w + 2 * pad].flip(-2)
+    buf[..., pad + h:2 * pad + h, : w + 2 * pad] = buf[..., h - 1:h - 1 + pad, : w + 2 * pad].flip(-2)
+    return buf
 
 
 def reflection_matrix(n: int, taps: Tensor) -> Tensor:
@@ -146,19 +167,22 @@ class KernelBlur(LinearOperator):
         spec = self._spectrum(t, conj)
         if t.device.type == "cpu" and SCIPY_FFT_ON_CPU:
             workers = max(1, torch.get_num_threads())
-            freq = scipy.fft.rfft2(t.detach().numpy(), s=grid, workers=workers)
+            freq = scipy.fft.rfft2(t.detach().numpy(), s=grid, workers=workers)  # (no-op padding if t is on the grid)
             freq *= spec.numpy()
             return torch.from_numpy(scipy.fft.irfft2(freq, s=grid, workers=workers))
         return torch.fft.irfft2(torch.fft.rfft2(t, s=grid) * spec, s=grid)
 
     def _correlate(self, x: Tensor) -> Tensor:
         _, h, w = self.image_shape
-        return self._filter(F.pad(x, (self.pad,) * 4, mode="reflect"), conj=True)[..., :h, :w].contiguous()
+        key = ("pad_buffer", tuple(x.shape), x.dtype, x.device)  # reused: only its padded region is written
+        padded = reflect_pad_into(x, self.pad, self._grid(), self._cache.get(key))
+        self._cache[key] = padded
+        return self._filter(padded, conj=True)[..., :h, :w].contiguous()
 
     def _correlate_adjoint(self, y: Tensor) -> Tensor:
         _, h, w = self.image_shape
         full = self._filter(y, conj=False)[..., : h + 2 * self.pad, : w + 2 * self.pad]
-        return reflect_pad_adjoint(full, self.pad)
+        return reflect_pad_adjoint(full, self.pad, inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)

@@ -22,6 +22,7 @@ import torch
 
 from operators.base import SVD, LinearOperator, OperatorError, Tensor
 from operators.linalg import expand_per_image
+from operators.separable import inverse_permutation
 
 BOX_POSITIONS = {"dps": 16, "dpps": 16, "spgd": 32, "daps": 32, "center": None}
 
@@ -94,28 +95,37 @@ class MaskOperator(LinearOperator):
 
 
 class MaskSVD(SVD):
-    """U = V = permutation [kept entries, missing entries] of the pixel-major, channel-minor vector."""
+    """U = V = permutation [kept entries, missing entries] of the pixel-major, channel-minor vector.
+
+    Stored as one gather index per parameter set into the (C, H, W)-flattened image, so V^T is a
+    single gather (index_select when the mask is shared) and V its inverse gather.
+    """
 
     def __init__(self, mask: Tensor, channels: int) -> None:
         p, _, h, w = mask.shape
         self.shape = (channels, h, w)
         self.n = self.m = channels * h * w
-        kept = mask.reshape(p, h * w).repeat_interleave(channels, dim=1)  # pixel-major, channel-minor
-        self.perm = torch.argsort(1 - kept, dim=1, stable=True)
-        self.inverse = torch.argsort(self.perm, dim=1)
-        self._singulars = torch.gather(kept, 1, self.perm)
+        kept = mask.reshape(p, h * w).repeat_interleave(channels, dim=1) > 0  # pixel-major, channel-minor
+        # stable partition [kept, missing] without sorting: the spectral position of every entry
+        n_kept = kept.sum(1, keepdim=True)
+        dest = torch.where(kept, kept.cumsum(1) - 1, n_kept + (~kept).cumsum(1) - 1)
+        perm = inverse_permutation(dest)  # spectral position -> pixel-major entry
+        self.index = (perm % channels) * (h * w) + perm // channels  # -> (C, H, W)-flat position
+        self.inverse = inverse_permutation(self.index)
+        self._singulars = (torch.arange(self.n)[None] < n_kept).to(torch.float64)
 
-    def _index(self, index: Tensor, batch: int, like: Tensor) -> Tensor:
-        return index.to(like.device).expand(batch, -1)
+    @staticmethod
+    def _take(flat: Tensor, index: Tensor) -> Tensor:
+        index = index.to(flat.device)
+        if index.shape[0] == 1:
+            return flat.index_select(1, index[0])
+        return torch.gather(flat, 1, index)
 
     def Vt(self, x: Tensor) -> Tensor:
-        flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], self.n)
-        return torch.gather(flat, 1, self._index(self.perm, x.shape[0], x))
+        return self._take(x.reshape(x.shape[0], self.n), self.index)
 
     def V(self, v: Tensor) -> Tensor:
-        c, h, w = self.shape
-        flat = torch.gather(v, 1, self._index(self.inverse, v.shape[0], v))
-        return flat.reshape(v.shape[0], h, w, c).permute(0, 3, 1, 2).contiguous()
+        return self._take(v, self.inverse).reshape(v.shape[0], *self.shape)
 
     U = V
     Ut = Vt

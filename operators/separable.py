@@ -9,11 +9,14 @@ channels (channel-minor). U and V share that order on the first m = C*h_out*w_ou
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import numpy as np
 import torch
 
 from operators.base import SVD, LinearOperator, OperatorError, Tensor
+from operators.linalg import expand_per_image
 
 DDRM_ZERO = 3e-2
 
@@ -21,6 +24,32 @@ DDRM_ZERO = 3e-2
 def apply_separable(rows: Tensor, cols: Tensor, x: Tensor) -> Tensor:
     """rows @ X @ cols^T on the last two axes."""
     return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
+def inverse_permutation(perm: Tensor) -> Tensor:
+    """inv with inv[..., perm[..., k]] = k (a scatter; no sort)."""
+    ar = torch.arange(perm.shape[-1], device=perm.device).expand_as(perm)
+    return torch.empty_like(perm).scatter_(-1, perm, ar)
+
+
+_SVD_CACHE: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+
+
+def svd_1d(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Full SVD (U, S, V^T) of a small float64 matrix, cached by content (operators are rebuilt per batch).
+
+    Runs single-threaded: LAPACK's threaded SVD of a 256x256 matrix is up to 50x slower on a busy 2-core CPU.
+    """
+    m = matrix.detach().to("cpu", torch.float64).contiguous()
+    key = (tuple(m.shape), hashlib.sha1(m.numpy().tobytes()).hexdigest())
+    if key not in _SVD_CACHE:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _SVD_CACHE[key] = torch.linalg.svd(m)
+        finally:
+            torch.set_num_threads(threads)
+    return _SVD_CACHE[key]
 
 
 class SeparableSVD(SVD):
@@ -33,56 +62,84 @@ class SeparableSVD(SVD):
         self.w_out, self.w = cols.shape
         self.n = channels * self.h * self.w
         self.m = channels * self.h_out * self.w_out
-        u_r, s_r, vt_r = torch.linalg.svd(rows.to(torch.float64))  # full_matrices: V is (H, H)
-        u_c, s_c, vt_c = torch.linalg.svd(cols.to(torch.float64))
+        u_r, s_r, vt_r = svd_1d(rows)  # full_matrices: V is (H, H)
+        u_c, s_c, vt_c = svd_1d(cols)
         s_r = torch.where(s_r < self.threshold, torch.zeros_like(s_r), s_r)
         s_c = torch.where(s_c < self.threshold, torch.zeros_like(s_c), s_c)
         self.u_r, self.v_r, self.u_c, self.v_c = u_r, vt_r.T, u_c, vt_c.T
         block = torch.outer(s_r, s_c).reshape(-1)  # (h_out * w_out,), (a, b) row-major
-        order = torch.argsort(block, descending=True, stable=True)
+        order = torch.from_numpy(np.argsort(-block.numpy(), kind="stable"))  # descending, ties in (a, b) order
         a, b = order // self.w_out, order % self.w_out
         inside = torch.zeros(self.h, self.w, dtype=torch.bool)
         inside[: self.h_out, : self.w_out] = True
         rest = torch.nonzero(~inside.reshape(-1)).reshape(-1)
-        self.perm_u = order  # spectral index k < h_out*w_out -> (a, b) in the output grid
-        self.perm_v = torch.cat([a * self.w + b, rest])  # spectral index -> (a, b) in the input grid
-        self.inv_u = torch.argsort(self.perm_u)
-        self.inv_v = torch.argsort(self.perm_v)
+        perm_u = order  # spectral index k < h_out*w_out -> (a, b) in the output grid
+        perm_v = torch.cat([a * self.w + b, rest])  # spectral index -> (a, b) in the input grid
+        # one gather per map: spectral entry C*k + c <-> flat (C, grid) entry c*|grid| + perm[k]
+        chan = torch.arange(channels)
+        self.index_u = (chan[None] * (self.h_out * self.w_out) + perm_u[:, None]).reshape(-1)
+        self.index_v = (chan[None] * (self.h * self.w) + perm_v[:, None]).reshape(-1)
+        self.inverse_u = inverse_permutation(self.index_u)
+        self.inverse_v = inverse_permutation(self.index_v)
         s = torch.cat([block[order], torch.zeros(self.h * self.w - block.numel(), dtype=torch.float64)])
         self._singulars = s.repeat_interleave(channels)[None]
+        self.grid_s = torch.zeros(self.h, self.w, dtype=torch.float64)  # s on the input grid (0 outside)
+        self.grid_s[: self.h_out, : self.w_out] = block.reshape(self.h_out, self.w_out)
 
     def _m(self, t: Tensor, like: Tensor) -> Tensor:
         return t.to(dtype=like.dtype, device=like.device)
 
     @staticmethod
-    def _to_spectral(grid: Tensor, perm: Tensor) -> Tensor:  # (B, C, a, b) -> (B, C*a*b) channel-minor
-        b, c = grid.shape[:2]
-        flat = grid.reshape(b, c, -1)[:, :, perm.to(grid.device)]
-        return flat.transpose(1, 2).reshape(b, -1)
+    def _gather(t: Tensor, index: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], -1).index_select(1, index.to(t.device))
 
-    @staticmethod
-    def _from_spectral(v: Tensor, inverse: Tensor, c: int, h: int, w: int) -> Tensor:
-        flat = v.reshape(v.shape[0], -1, c).transpose(1, 2)
-        return flat[:, :, inverse.to(v.device)].reshape(v.shape[0], c, h, w)
+    def _v_t(self, x: Tensor) -> Tensor:  # V^T on the grid: (B, C, H, W) -> (B, C, H, W)
+        return apply_separable(self._m(self.v_r.T, x), self._m(self.v_c.T, x), x)
+
+    def _v(self, g: Tensor) -> Tensor:
+        return apply_separable(self._m(self.v_r, g), self._m(self.v_c, g), g)
+
+    def _u_t(self, y: Tensor) -> Tensor:  # U^T on the grid: (B, C, h_out, w_out)
+        return apply_separable(self._m(self.u_r.T, y), self._m(self.u_c.T, y), y)
+
+    def _u(self, g: Tensor) -> Tensor:
+        return apply_separable(self._m(self.u_r, g), self._m(self.u_c, g), g)
+
+    def _embed(self, g: Tensor) -> Tensor:  # output grid -> input grid (zeros outside)
+        return torch.nn.functional.pad(g, (0, self.w - self.w_out, 0, self.h - self.h_out))
 
     def Vt(self, x: Tensor) -> Tensor:
-        grid = apply_separable(self._m(self.v_r.T, x), self._m(self.v_c.T, x), x)
-        return self._to_spectral(grid, self.perm_v)
+        return self._gather(self._v_t(x), self.index_v)
 
     def V(self, v: Tensor) -> Tensor:
-        grid = self._from_spectral(v, self.inv_v, self.channels, self.h, self.w)
-        return apply_separable(self._m(self.v_r, v), self._m(self.v_c, v), grid)
+        return self._v(self._gather(v, self.inverse_v).reshape(v.shape[0], self.channels, self.h, self.w))
 
     def Ut(self, y: Tensor) -> Tensor:
-        grid = apply_separable(self._m(self.u_r.T, y), self._m(self.u_c.T, y), y)
-        return self._to_spectral(grid, self.perm_u)
+        return self._gather(self._u_t(y), self.index_u)
 
     def U(self, u: Tensor) -> Tensor:
-        grid = self._from_spectral(u, self.inv_u, self.channels, self.h_out, self.w_out)
-        return apply_separable(self._m(self.u_r, u), self._m(self.u_c, u), grid)
+        return self._u(self._gather(u, self.inverse_u).reshape(u.shape[0], self.channels, self.h_out, self.w_out))
 
     def singulars(self, batch: int | None = None) -> Tensor:
         return self._singulars if batch is None else self._singulars.expand(batch, -1)
+
+    # the generic spectral formulas of SVD, evaluated on the grid (no permutations)
+    def A(self, x: Tensor) -> Tensor:
+        s = self._m(self.grid_s, x)[: self.h_out, : self.w_out]
+        return self._u(s * self._v_t(x)[..., : self.h_out, : self.w_out])
+
+    def At(self, y: Tensor) -> Tensor:
+        return self._v(self._m(self.grid_s, y) * self._embed(self._u_t(y)))
+
+    def pinv(self, y: Tensor) -> Tensor:
+        s = self._m(self.grid_s, y)
+        inv = torch.where(s > 0, 1 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+        return self._v(inv * self._embed(self._u_t(y)))
+
+    def prox(self, z: Tensor, y: Tensor, rho: float | Tensor) -> Tensor:
+        s = self._m(self.grid_s, z)
+        r = expand_per_image(rho, z)
+        return self._v((s * self._embed(self._u_t(y)) + r * self._v_t(z)) / (s * s + r))
 
 
 class SeparableOperator(LinearOperator):

@@ -15,8 +15,11 @@ k may be an int, a float (fractional index) or a tensor of shape (B,) (one per i
 Counting (design.md): every forward evaluation of the model counts one NFE per image of the batch,
 and every backward (vector-Jacobian) pass through a model output counts one backward NFE per image.
 Backward passes are counted by a hook on the output tensor, so a solver cannot forget to count.
-Subclasses implement `_model(x_k, k)` only; exact priors may also override `_denoise` to be exact
-at any sigma (they then count one forward per image, the same budget as a network).
+Subclasses implement `_model(x_k, k)` only; exact priors (`ExactPrior`: Gaussian, Gaussian mixture)
+implement `_denoise` instead, exact at any sigma, and derive `_model` from it by the schedule
+identities; they count one forward per image per call, the same budget as a network, so tables show
+the same NFE whichever prior runs. Counters: `prior.nfe` (`.forward`, `.backward`, `.as_dict()`),
+reset by `reset_counters()` (Solver.solve does this at the start of every solve).
 """
 from __future__ import annotations
 
@@ -88,6 +91,8 @@ class DiffusionPrior(torch.nn.Module):
         t = torch.as_tensor(value, dtype=torch.float64, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        elif t.ndim > 1 and t.numel() == x.shape[0]:  # (B, 1, 1, 1) as solvers often keep it
+            t = t.reshape(x.shape[0])
         if t.shape != (x.shape[0],):
             raise ValueError(f"time/sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
         return t

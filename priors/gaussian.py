@@ -23,9 +23,14 @@ exact (up to float rounding) because it is a diagonal filter in that basis:
   gradients in the prior-whitened variable w (x = mu + Sigma^{1/2} w), system
   (I + Sigma^{1/2} A^T A Sigma^{1/2} / sigma_y^2) w = Sigma^{1/2} A^T (y - A mu) / sigma_y^2,
   preconditioned by the Fourier-diagonal approximation of A^T A (estimated from 4 seeded probes;
-  it changes the speed, never the solution), stopped per image when ||residual|| <= tol ||rhs||
-  (default tol 1e-5 in float32, 1e-10 in float64; max_iter 2000, a warning names the images that
-  did not converge). For the identity operator
+  it changes the speed, never the solution), stopped per image when the preconditioned residual
+  <r, M r>^(1/2) <= tol <rhs, M rhs>^(1/2). CG runs in float64 whenever the operator accepts float64
+  images (result cast back to y's dtype), with default tol 1e-6 (measured on 64x64 random
+  inpainting, max abs pixel error vs a tol 1e-11 solve: 3e-4 at sigma_y = 0.05, 1e-2 at sigma_y = 0.01;
+  tol 1e-7 gives 6e-5 / 4e-4 at about 1.5x the iterations), else in y's dtype with tol 1e-5.
+  max_iter 2000; a warning names the images that did not converge. Cost, 3x256x256, one core:
+  sr4 ~1 s, random inpainting / Gaussian deblur ~4 s, 128x128 box inpainting ~1 min (the slow case:
+  the hole is filled by prior correlations alone). For the identity operator
   (task "denoise") the closed form mu + Sigma (Sigma + sigma_y^2 I)^{-1} (y - mu) is used.
   Exact posterior samples by perturbation-optimisation (Papandreou & Yuille 2010; Orieux et al. 2012):
   the same solve with mu replaced by a prior sample and y by y + sigma_y n'.
@@ -127,10 +132,10 @@ class GaussianPrior(ExactPrior):
         multiplier: (C, H, W//2+1) or (B, C, H, W//2+1), real, indexed like `variances`.
         """
         U = self.colour_eigvecs.to(device=v.device, dtype=v.dtype)
-        z = torch.einsum("ij,bihw->bjhw", U, v)
+        z = torch.matmul(U.T, v.flatten(2)).view(v.shape)  # colour eigen-channels
         Z = torch.fft.rfft2(z) * multiplier.to(device=v.device, dtype=v.dtype)
         z = torch.fft.irfft2(Z, s=v.shape[-2:])
-        return torch.einsum("ij,bjhw->bihw", U, z)
+        return torch.matmul(U, z.flatten(2)).view(v.shape)
 
     def cov_apply(self, v: Tensor, power: float = 1.0) -> Tensor:
         """Sigma^power v for centred images v (power 1: covariance, 0.5: square root, -1: precision)."""
@@ -179,11 +184,18 @@ class GaussianPrior(ExactPrior):
     def _posterior_solve(self, y: Tensor, A: Any, centre: Tensor, s: float,
                          tol: float | None, max_iter: int) -> Tensor:
         """argmin_x ||y - A x||^2 / s^2 + (x - centre)^T Sigma^{-1} (x - centre)."""
+        if not getattr(A, "is_linear", False):
+            raise ValueError(f"the exact Gaussian posterior needs a linear operator; {getattr(A, 'name', A)!r} "
+                             "is not linear (use a diffusion solver for this task)")
+        self._check_input(centre)
+        out_dtype = y.dtype
         with torch.no_grad():
             if _is_identity(A, centre):
                 d = self.variances.to(y.device)
-                return centre + self.apply_filter(y - centre, d / (d + s**2))
-            tol = tol if tol is not None else (1e-10 if y.dtype == torch.float64 else 1e-5)
+                return (centre + self.apply_filter(y - centre, d / (d + s**2))).to(out_dtype)
+            work = _working_dtype(A, centre)
+            y, centre = y.to(work), centre.to(work)
+            tol = tol if tol is not None else (1e-6 if work == torch.float64 else 1e-5)
             half = lambda v: self.cov_apply(v, 0.5)  # noqa: E731
             rhs = half(A.adjoint(y - A.forward(centre))) / s**2
             normal = lambda w: w + half(A.adjoint(A.forward(half(w)))) / s**2  # noqa: E731
@@ -196,7 +208,7 @@ class GaussianPrior(ExactPrior):
                 warnings.warn(f"GaussianPrior posterior: CG did not reach tol={tol} in {max_iter} "
                               f"iterations for images {bad} (relative residuals "
                               f"{info['relative_residual'][bad].tolist()}); raise max_iter", RuntimeWarning)
-            return centre + half(w)
+            return (centre + half(w)).to(out_dtype)
 
     # ------------------------------------------------------------------ fitting / persistence
     @classmethod
@@ -266,8 +278,9 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, tol: float 
                        ) -> tuple[Tensor, dict[str, Tensor]]:
     """Solve apply(x) = b for an SPD `apply` (optionally preconditioned), batched per image.
 
-    Image i stops (is frozen) as soon as ||r_i|| <= tol ||b_i||, so its result never depends on the
-    rest of the batch. Returns x and {"iterations", "converged", "relative_residual"} per image.
+    Image i stops (is frozen) as soon as its preconditioned residual <r_i, M r_i> <= tol^2 <b_i, M b_i>
+    (M = precondition, identity if None), so its result never depends on the rest of the batch.
+    Returns x and {"iterations", "converged", "relative_residual"} per image.
     """
     dims = tuple(range(1, b.ndim))
     dot = lambda u, v: (u * v).sum(dims)  # noqa: E731
@@ -278,8 +291,8 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, tol: float 
     z = M(r)
     p = z.clone()
     rz = dot(r, z)
-    target = tol**2 * dot(b, b)
-    active = dot(r, r) > target
+    target = tol**2 * rz  # stop on the preconditioned residual <r, M r> (an error estimate when M ~ inverse)
+    active = rz > target
     iterations = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
     for _ in range(max_iter):
         if not bool(active.any()):
@@ -294,8 +307,8 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, tol: float 
         p = z + _bcast(beta, p) * p
         rz = torch.where(active, rz_new, rz)
         iterations += active.long()
-        active = active & (dot(r, r) > target)
-    rel = torch.sqrt(dot(r, r) / dot(b, b).clamp_min(torch.finfo(b.dtype).tiny))
+        active = active & (rz > target)
+    rel = torch.sqrt(rz / (target / tol**2).clamp_min(torch.finfo(b.dtype).tiny))
     return x, {"iterations": iterations, "converged": ~active, "relative_residual": rel}
 
 
@@ -319,7 +332,8 @@ def _circulant_gram(A: Any, like: Tensor, probes: int = 4) -> Tensor:
     num = torch.zeros(like.shape[0], *like.shape[-2:], dtype=torch.float64)
     den = torch.zeros_like(num)
     for _ in range(probes):
-        z = torch.randn(like.shape, generator=g, dtype=like.dtype).to(like.device)
+        # the same probe for every image, so image i's preconditioner never depends on the batch
+        z = torch.randn(like.shape[1:], generator=g, dtype=like.dtype).to(like.device).expand(like.shape)
         Fz = torch.fft.fft2(z).cpu().to(torch.complex128)
         FAz = torch.fft.fft2(A.adjoint(A.forward(z))).cpu().to(torch.complex128)
         num += (Fz.conj() * FAz).real.sum(1)
@@ -328,6 +342,18 @@ def _circulant_gram(A: Any, like: Tensor, probes: int = 4) -> Tensor:
     lam = sum(torch.roll(lam, (i, j), dims=(-2, -1)) for i in (-1, 0, 1) for j in (-1, 0, 1)) / 9
     W = like.shape[-1]
     return lam[:, None, :, : W // 2 + 1].clamp_min(0).to(like.device)
+
+
+def _working_dtype(A: Any, like: Tensor) -> torch.dtype:
+    """float64 when the operator accepts float64 images (CG accuracy), else the images' dtype."""
+    if like.dtype == torch.float64:
+        return like.dtype
+    try:
+        probe = torch.zeros((1, *like.shape[1:]), dtype=torch.float64, device=like.device).expand(like.shape)
+        ok = A.adjoint(A.forward(probe)).dtype == torch.float64
+    except (RuntimeError, TypeError, ValueError):
+        ok = False
+    return torch.float64 if ok else like.dtype
 
 
 def _is_identity(A: Any, like: Tensor) -> bool:

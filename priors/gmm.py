@@ -130,7 +130,8 @@ class GMMPrior(ExactPrior):
             M = A.to(torch.float64)
             M = M.expand(batch, -1, -1) if M.ndim == 2 else M
             if M.ndim != 3 or M.shape[0] != batch or M.shape[2] != self.dim:
-                raise ValueError(f"operator matrix must be (m, {self.dim}) or ({batch}, m, {self.dim}), got {tuple(A.shape)}")
+                raise ValueError(f"operator matrix must be (m, {self.dim}) or ({batch}, m, {self.dim}), "
+                                 f"got {tuple(A.shape)}")
             return M
         if not getattr(A, "is_linear", False):
             raise ValueError(f"the GMM posterior needs a linear operator, got {getattr(A, 'name', A)!r}")
@@ -163,5 +164,6 @@ def _noise_level(A: Any, sigma_y: float | None) -> float:
     if s is None:
         raise ValueError("pass sigma_y when the operator is a plain matrix")
     if float(s) <= 0:
-        raise ValueError("the GMM posterior needs measurement noise sigma_y > 0; pass sigma_y=1e-3 for a near-noiseless case")
+        raise ValueError("the GMM posterior needs measurement noise sigma_y > 0; "
+                         "pass sigma_y=1e-3 for a near-noiseless case")
     return float(s)

@@ -16,14 +16,16 @@ x = 0; for i = 1 .. K:
        step and eps_hat recomputed from the clipped x0_hat; the last step returns x0_hat.
        (t_i = 1: noise at index 0, DDIM over indices {0, 1}, S = 2, as in the code.)
      * version 2: one Tweedie step, x = clip(x0_hat(x_k, k), -1, 1).
-Output: x after the last purification.
+Output: x after the last purification. (The code purifies under CUDA fp16 autocast; we stay in float32.)
 
 Learning rates are the code's values for its MSE-mean loss on 256x256 images: the effective step on
-1/2 ||y - A x||^2 is 2 lr / m (m = entries of y per image), so other image sizes need lr scaled by
-m / m_256 (the `demo` dataset and the tests set it).
+1/2 ||y - A x||^2 is 2 lr / m (m = entries of y per image), so images of H x W need lr x H W / 256^2
+for the same step (set per dataset in YAML; the tests do it).
 
-Noise: DCDP never reads sigma_y; noisy measurements are handled by the schedule end T_end > 0 and a
-smaller lr (paper App. A.3; the code's sigma_y = 0.05 configs end at 50 / 20), set per task in YAML.
+Noise: DCDP never reads A.sigma_y. The task values are the code's noiseless ones (t_end 0); for noisy
+y the paper (App. A.3) prescribes a smaller lr and a schedule ending at T_K > 0 (numbers lost; the
+code's sigma_y = 0.05 configs end at 50 / 20); set `t_end` / `lr` accordingly (the exact-prior tests
+use t_end 50 and lr / 10 for deblurring).
 
 Budget per image: version 1: sum_i max(min(ddim_steps, t_i), 2) forward; version 2: K forward;
 0 backward (data consistency differentiates only the operator).

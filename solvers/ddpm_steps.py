@@ -11,8 +11,8 @@ One ancestral step from x_k to x_{k'} (k' = next index of the grid, abar_{-1} :=
     mean       = c_x0 x0_hat + c_xk x_k,
                  c_x0 = beta' sqrt(abar_{k'}) / (1 - abar_k),  c_xk = (1 - abar_{k'}) sqrt(1 - beta') / (1 - abar_k)
     log s^2    = f log beta' + (1 - f) log beta~',  f = (v + 1) / 2,  beta~' = beta' (1 - abar_{k'}) / (1 - abar_k)
-                 (learned range; v None -> "fixed small" log beta~'; beta~' of the first step (k' = -1, where it
-                  is 0) replaced by that of the second step, as guided-diffusion's `posterior_log_variance_clipped`)
+                 (learned range; v None -> "fixed small" log beta~'; beta~' of the final step (k' = -1, where it
+                  is 0) replaced by that of the step before, as guided-diffusion's `posterior_log_variance_clipped`)
     x_{k'}     = mean + s z,  z ~ N(0, I),  no noise at the last step (k' = -1).
 
 On the full grid this is exactly `prior.log_variance(k, v, like)` (tests/test_solver_dps_family.py checks it);
@@ -27,13 +27,15 @@ per batch both agree. `norm_gradient` is grad_{x_k} of the per-image norms (one 
 summing per-image norms keeps the gradients separate).
 
 Measurement noise: none of the DPS-family updates reads sigma_y (zeta, the candidate distance and the
-projections use y as given). Their step sizes were tuned for sigma_y = 0.05 on [-1, 1] images, which is our
-unit (spec §0.1), so no conversion is needed; `measurement_noise_std` is the one place that states it.
+projections use y as given). DPS's step sizes were tuned for sigma_y = 0.05 on [-1, 1] images, which is our
+unit (spec §0.1; DPPS's configs used 0.01 in the same unit), so no conversion is needed (this paragraph is
+the one place that states it).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
 
 from operators.base import LinearOperator, Operator
@@ -157,11 +159,6 @@ def norm_gradient(norms: Tensor, x: Tensor) -> Tensor:
 def noised_measurement(y: Tensor, abar: float, rng) -> Tensor:
     """q(y, k) = sqrt(abar) y + sqrt(1 - abar) z (Score-SDE / MCG projections), z from each image's stream."""
     return math.sqrt(abar) * y + math.sqrt(1.0 - abar) * rng.randn_like(y)
-
-
-def measurement_noise_std(A: Operator) -> float:
-    """sigma_y in the DPS family's unit ([-1, 1] pixel std) = ours; kept for solvers that need it."""
-    return A.sigma_y
 
 
 def has_pinv(A: Operator) -> bool:

@@ -18,8 +18,12 @@ essentially pure noise either way). Operators without a pseudo-inverse use A^T y
 Iteration j = 0 .. N-1, k = k_j, k' = k_{j+1} (§5.2):
     1. x0 = clip_[-1,1]((x - sqrt(1 - abar_k) eps_theta(x, k)) / sqrt(abar_k))            one NFE
     2. (j < N-1) x0 = argmin_v ||y - A v||^2 + rho_k ||v - x0||^2 = A.prox(x0, y, rho_k)
-       (closed form or CG, provided by the operator; the minimiser is the same on [-1, 1] and on the
-       official [0, 1] scale because both terms scale by 1/4)
+       (the minimiser is the same on [-1, 1] and on the official [0, 1] scale: both terms scale by 1/4).
+       Exact prox of the operator being solved (`prox_method` per task): closed form for masks and SR (SVD),
+       "svd" (Gaussian) / "cg" (motion; tol 1e-3, <= 30 iterations as scico's PnP x-step)
+       for the DPS reflect-padded blurs. The official FFT formula (§5.3) is the exact prox of
+       DiffPIR's own *circular* blur; on a reflect-padded measurement it is only approximate near the
+       borders (its whole support at 32x32), so it is available as `prox_method: fft` but not the default.
     3. (j < N-1) eps_hat = (x - sqrt(abar_k) x0) / sqrt(1 - abar_k),
        x = sqrt(abar_k') x0 + sqrt(1 - zeta) (sqrt(1 - abar_k' - s_eta^2) eps_hat + s_eta z1)
            + sqrt(zeta) sqrt(1 - abar_k') z2,   s_eta = eta sqrt((1 - abar_k') / (1 - abar_k)) sqrt(beta_k)
@@ -38,6 +42,7 @@ import torch
 
 from operators.base import Operator
 from solvers.base import RNG, Solver, SolverError
+from solvers.pnp_admm import data_prox
 
 Tensor = torch.Tensor
 
@@ -92,7 +97,7 @@ class DiffPIR(Solver):
             if j == len(ks) - 1:
                 break
             rho = lam * sigma_n**2 * abar[j] / (1 - abar[j])  # lambda sigma_n^2 / sigma_k^2
-            x0 = A.prox(x0, y, rho)
+            x0 = data_prox(A, x0, y, rho, self.prox_method, float(self.cg_tol), int(self.cg_max_iter))
             a, a_next = abar[j], abar[j + 1]
             eps_hat = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
             s_eta = eta * math.sqrt((1 - a_next) / (1 - a) * float(sch.betas[k]))

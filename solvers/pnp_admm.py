@@ -7,6 +7,8 @@ f = 1/2 ||y - A x||^2, g implicit through a Gaussian denoiser D:
 
     x^0 = A^T y,  z^0 = x^0,  u^0 = 0;   for t = 0 .. T-1:
       x^{t+1} = argmin_x ||y - A x||^2 + rho ||x - (z^t - u^t)||^2   = A.prox(z^t - u^t, y, rho)
+                (closed form for masks / SR / Gaussian blur (SVD); CG for motion blur as scico does:
+                 tol 1e-3, <= 30 iterations; `prox_method` per task, see `data_prox`)
       z^{t+1} = D(x^{t+1} + u^t)
       u^{t+1} = u^t + x^{t+1} - z^{t+1}
     output x^T (scico returns the x iterate).
@@ -38,6 +40,22 @@ from solvers.base import RNG, Solver, SolverError
 from solvers.pnp_denoisers import load_dncnn
 
 Tensor = torch.Tensor
+
+
+def data_prox(A: Operator, z: Tensor, y: Tensor, rho: float, method: str | None = None,
+              cg_tol: float = 1e-3, cg_max_iter: int = 30) -> Tensor:
+    """argmin_x ||y - A x||^2 + rho ||x - z||^2 by the operator's prox (method None: the operator's default;
+    "svd" / "cg" for the exact prox of the reflect-padded blurs, "fft" for their circular approximation).
+    CG (the operator picks the warm start, the circular FFT solution for the blurs) stops at relative
+    residual cg_tol or after cg_max_iter iterations. It runs image by image (A.select([i])): at DiffPIR's
+    early rho (~1e-7) the system is so ill-conditioned that CG amplifies the batch-size-dependent rounding
+    of batched FFTs to ~1e-2, and a result must not depend on the rest of the batch."""
+    if method is None:
+        return A.prox(z, y, rho)
+    if method == "cg":
+        return torch.cat([A.select([i]).prox(z[i:i + 1], y[i:i + 1], rho, method="cg", tol=cg_tol,
+                                             max_iter=cg_max_iter) for i in range(z.shape[0])])
+    return A.prox(z, y, rho, method=method)
 
 
 class PnPADMM(Solver):
@@ -76,7 +94,7 @@ class PnPADMM(Solver):
         z = x
         u = torch.zeros_like(x)
         for t in range(int(self.iterations)):
-            x = A.prox(z - u, y, rho)
+            x = data_prox(A, z - u, y, rho, self.prox_method, float(self.cg_tol), int(self.cg_max_iter))
             z = denoise(x + u)
             u = u + x - z
             self.check_finite(x, f"pnp_admm iteration {t}")

@@ -2,8 +2,8 @@
 
 Spec: /work/shared/spec/solvers-baselines.md §6 (code `[REDdiff] algos/reddiff.py`), §0.1, §10.9.
 
-A point estimate mu (Dirac variational posterior, sigma_x0 = 0) is optimised by Adam
-(betas (0.9, 0.99), no weight decay) over the descending time grid k = k_S > ... > k_1 with
+A point estimate mu (Dirac variational posterior, sigma_x0 = 0) is optimised by Adam (betas
+(0.9, 0.99), eps 1e-8, no weight decay; class `Adam` below) over the descending time grid with
 skip = 1000 // num_steps, k in {0, skip, 2 skip, ...} (num_steps 1000: k = 999, ..., 0). At each k:
 
     eps ~ N(0, I),  x_k = sqrt(abar_k) mu + sqrt(1 - abar_k) eps,  eps_hat = eps_theta(x_k, k)
@@ -24,7 +24,7 @@ has the image's shape (blurs, HDR), else A^T y for linear operators, else zeros.
 Noise: the measurement noise never enters the update ([REDdiff] `sigma_y` only generates y, §0.1),
 so A.sigma_y is not read.
 
-Budget per image: num_steps forward NFE, 0 backward.
+Budget per image: one forward NFE per grid point (= num_steps when it divides 1000), 0 backward.
 """
 from __future__ import annotations
 
@@ -84,25 +84,44 @@ class REDDiff(Solver):
                               f"got {self.denoise_term_weight!r}")
         weight = WEIGHTS[self.denoise_term_weight]
         sched = self.prior.schedule
-        mu = initial_estimate(y, A, self.prior.image_shape).detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([mu], lr=float(self.lr), betas=(0.9, 0.99), weight_decay=0.0)
+        mu = initial_estimate(y, A, self.prior.image_shape).detach().clone()
+        adam = Adam(float(self.lr), betas=(0.9, 0.99))
         n_x = mu[0].numel()
-        x_out = mu.detach().clone()
+        x_out = mu
         for k in time_grid(int(self.num_steps), sched.num_steps):
             ab = float(sched.abar(k))
             w = float(self.lam) * weight(math.sqrt((1 - ab) / ab))
             eps = rng.randn_like(mu)
             with torch.no_grad():
-                x_k = math.sqrt(ab) * mu + math.sqrt(1 - ab) * eps
-                eps_hat = self.prior.eps(x_k, k)
-            x_out = mu.detach().clone()  # the prediction at this k (returned for the last k)
-            with torch.enable_grad():
-                r = y - A(mu)
-                data = 0.5 * r.pow(2).flatten(1).mean(1)                   # per-image mean
-                prior_term = ((eps_hat - eps).detach() * mu).flatten(1).sum(1) / n_x
-                loss = (float(self.obs_weight) * data + w * prior_term).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-            self.check_finite(mu.detach(), f"reddiff step k={k}; decrease lr (now {self.lr})")
+                eps_hat = self.prior.eps(math.sqrt(ab) * mu + math.sqrt(1 - ab) * eps, k)
+            with torch.enable_grad():  # gradient of the data term only (the operator, not the network)
+                mu_g = mu.requires_grad_(True)
+                data = 0.5 * (y - A(mu_g)).pow(2).flatten(1).mean(1)     # per-image mean
+                (g_data,) = torch.autograd.grad(data.sum(), mu_g)
+            grad = float(self.obs_weight) * g_data + w * (eps_hat - eps) / n_x
+            x_out = mu.detach()  # the prediction at this k (returned for the last k)
+            mu = adam.step(mu.detach(), grad)
+            self.check_finite(mu, f"reddiff step k={k}; decrease lr (now {self.lr})")
         return x_out
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) with PyTorch's defaults otherwise (eps 1e-8, no weight decay):
+    m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, x <- x - lr m_hat / (sqrt(v_hat) + eps),
+    m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t). Element-wise, so images never interact."""
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8) -> None:
+        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
+        self.m: Tensor | None = None
+        self.v: Tensor | None = None
+        self.t = 0
+
+    def step(self, x: Tensor, g: Tensor) -> Tensor:
+        if self.m is None:
+            self.m, self.v = torch.zeros_like(x), torch.zeros_like(x)
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        self.v = self.b2 * self.v + (1 - self.b2) * g * g
+        m_hat = self.m / (1 - self.b1**self.t)
+        v_hat = self.v / (1 - self.b2**self.t)
+        return x - self.lr * m_hat / (v_hat.sqrt() + self.eps)

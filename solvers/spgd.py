@@ -23,13 +23,15 @@ replaced by u_N (the literal reading of Eq. 11, one more forward NFE per outer s
 Two variants (`variant`):
 * `paper` (default): ADM applied (the m_j above), one global cosine per image over the flattened
   gradient, beta 0.95 (§2.5: App. D.2 value lost in extraction; Table 2 "full SPGD" SR row equals
-  the beta = 0.95 row of Table 4). `lr_min_ratio` 0.01 (code; the paper is silent, and Table 5's
-  rates were tuned with this decay: they equal the code's configs, and a constant eta = 2.5 is
-  unstable at small sigma). `adm: false` gives the "warm-up only" ablation (Table 2).
+  the beta = 0.95 row of Table 4). `lr_min_ratio` 0.01 (code; the paper is silent, but Table 5's
+  rates equal the code's configs, which decay; a constant eta = 2.5 is unstable at small sigma, where
+  D is nearly the identity on observed pixels and the inpainting step factor 1 - 2 eta < -1: on the
+  exact Gaussian test it ends 6.1 posterior spreads from the posterior mean instead of 1.1).
+  `adm: false` gives the "warm-up only" ablation (Table 2).
 * `released`: the released code [SPGD] `sampler.py`: ADM is computed (channel-wise cosine averaged
   over pixels, beta 0.9) but never used, so u_{j+1} = u_j - eta_i g_j; lr decays to 1 %; the
   denoising step uses d_{N-1}. We do not compute the unused momentum: it cannot change the result,
-  so `beta`, `adm`, `cosine` and `lr_min_ratio` are ignored (fixed to the code's values).
+  so `beta`, `adm`, `cosine`, `lr_min_ratio` and `denoise_at_u_N` are ignored (fixed to the code's values).
 
 Noise: SPGD never reads the measurement noise (the loss has no 1/sigma_y^2 weight, §2.4), so no
 conversion of A.sigma_y is needed.
@@ -50,7 +52,8 @@ from solvers.base import RNG, Solver, SolverError
 Tensor = torch.Tensor
 
 #: what `variant: released` fixes (spec §2.5-§2.6: [SPGD] sampler.py class defaults)
-RELEASED = {"apply_adm": False, "beta": 0.9, "cosine": "channel", "lr_min_ratio": 0.01}
+RELEASED = {"apply_adm": False, "beta": 0.9, "cosine": "channel", "lr_min_ratio": 0.01,
+            "denoise_at_u_N": False}
 
 
 def adm_cosine(g: Tensor, m: Tensor, kind: str) -> Tensor:
@@ -84,11 +87,11 @@ class SPGD(Solver):
         if self.variant != "paper":
             raise SolverError(f"spgd: variant must be 'paper' or 'released', got {self.variant!r}")
         return {"apply_adm": bool(self.adm), "beta": float(self.beta), "cosine": self.cosine,
-                "lr_min_ratio": float(self.lr_min_ratio)}
+                "lr_min_ratio": float(self.lr_min_ratio), "denoise_at_u_N": bool(self.denoise_at_u_N)}
 
     def budget(self) -> dict[str, int]:
         T, N = int(self.num_steps), int(self.warmup_steps)
-        extra = T if self.denoise_at_u_N else 0
+        extra = T if self._settings()["denoise_at_u_N"] else 0
         return {"nfe_forward": T * N + extra, "nfe_backward": T * N}
 
     def _likelihood_grad(self, u: Tensor, sigma: float, y: Tensor, A: Operator) -> tuple[Tensor, Tensor]:
@@ -117,7 +120,7 @@ class SPGD(Solver):
                 m = adm_update(m, g, s["beta"], s["cosine"]) if s["apply_adm"] else g
                 u_prev, u = u, u - eta_i * m
                 self.check_finite(u, f"spgd step {i} (sigma {sigma:.4g}); decrease lr (now {eta})")
-            if self.denoise_at_u_N:
+            if s["denoise_at_u_N"]:
                 with torch.no_grad():
                     d, u_prev = self.prior.denoise(u, sigma), u
             x = u + (1 - sigma_next / sigma) * (d - u_prev)

@@ -52,7 +52,7 @@ def protocol(tmp_path: Path, *, name: str = "tiny", solvers: dict | None = None,
                               "manifest": "datasets/demo.json", "root": "datasets/demo", "count": count}},
         "tasks": tasks or {"inpaint_random": {"label": "Inpaint", "params": {"p_range": [0.8, 0.8]}},
                            "sr4": {"label": "SR x4", "params": {"factor": 4}}},
-        "solvers": solvers or {"bench_fake": {"label": "Fake"}, "oracle_sample": {"label": "Oracle sample"}},
+        "solvers": solvers or {"bench_fake": {"label": "Fake"}},
         **extra}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
@@ -79,3 +79,9 @@ def test_fake_solver_is_batch_invariant():
     one = s.solve(y[1:], A.select([1]), [seeding.generator(0, "b")])
     assert torch.allclose(both[1:], one, atol=1e-6)
     assert prior.nfe.forward == 1
+
+
+class BenchFakeInpaintOnly(BenchFakeSolver):
+    """The same fake, declared for inpainting only (other tasks give 'unsupported' records)."""
+    name = "bench_fake_inpaint_only"
+    tasks = ("inpaint_random",)

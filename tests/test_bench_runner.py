@@ -41,7 +41,7 @@ def _by_key(results: Path) -> dict:
 def test_batch_size_does_not_change_records_and_rerun_is_byte_identical(reference, tmp_path):
     proto, ref_dir, ref_csv = reference
     ref = _by_key(ref_dir)
-    assert len(ref) == 4 * 2 * 2 and all(r["status"] == "ok" for r in ref.values())
+    assert len(ref) == 4 * 2 and all(r["status"] == "ok" for r in ref.values())
     csv1 = run_and_table(proto, tmp_path / "bs1", "--batch-size", "1")
     one = _by_key(tmp_path / "bs1")
     assert one.keys() == ref.keys()
@@ -49,7 +49,7 @@ def test_batch_size_does_not_change_records_and_rerun_is_byte_identical(referenc
         assert one[k]["config_hash"] == r["config_hash"]  # batch size is not part of the configuration
         for m in METRIC_KEYS:
             assert one[k][m] == pytest.approx(r[m], abs=1e-5), (k, m)
-        assert one[k]["nfe_forward"] == r["nfe_forward"] == (1 if k[3] == "bench_fake" else 0)
+        assert one[k]["nfe_forward"] == r["nfe_forward"] == 1
     # a fresh rerun gives the same table, byte for byte
     csv1_again = run_and_table(proto, tmp_path / "bs1_again", "--batch-size", "1")
     assert csv1_again == csv1
@@ -62,7 +62,7 @@ def test_rerun_skips_everything(reference, capsys):
     proto, ref_dir, ref_csv = reference
     before = (ref_dir / "records" / "rank0.jsonl").read_bytes()
     assert main(["run", "--protocol", str(proto), "--results", str(ref_dir)]) == 0
-    assert "skipped 16" in capsys.readouterr().out
+    assert "skipped 8" in capsys.readouterr().out
     assert (ref_dir / "records" / "rank0.jsonl").read_bytes() == before
 
 
@@ -84,11 +84,11 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(reference, tm
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_before = len(store.load_records(res))
-    assert 3 <= n_before < 16, "the kill must land part-way through the run"
+    assert 3 <= n_before < 8, "the kill must land part-way through the run"
     csv = run_and_table(proto, res)
     lines = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
     keys = [store.record_key(r) for r in lines]
-    assert len(keys) == len(set(keys)) == 16  # no duplicate, none lost
+    assert len(keys) == len(set(keys)) == 8  # no duplicate, none lost
     assert csv == ref_csv  # the resumed table equals the uninterrupted one
 
 
@@ -109,21 +109,31 @@ def test_sharded_run_over_two_processes_equals_single_process(reference, tmp_pat
 
 
 def test_diverged_and_unsupported_become_records_and_the_run_goes_on(tmp_path):
-    # diverge_below = -0.3 makes only the images whose measurement mean is below -0.3 diverge
-    proto = protocol(tmp_path, solvers={"bench_fake": {"label": "Fake", "overrides": {"diverge_below": -0.05}},
-                                        "oracle_mean": {"label": "Oracle mean"}},
+    # diverge_below = -0.2: coffee and rocket (mean < -0.2) diverge, astronaut and chelsea do not
+    proto = protocol(tmp_path, solvers={"bench_fake": {"label": "Fake", "overrides": {"diverge_below": -0.2}},
+                                        "oracle_sample": {"label": "Oracle sample"},
+                                        "bench_fake_inpaint_only": {"label": "Inpaint only"}},
                      tasks={"sr4": {"label": "SR", "params": {"factor": 4}}})
     res = tmp_path / "res"
     run_and_table(proto, res, "--batch-size", "4")
     recs = store.load_records(res)
     fake = {r["image_id"]: r for r in recs if r["solver"] == "bench_fake"}
-    statuses = {r["status"] for r in fake.values()}
-    assert statuses == {"ok", "diverged"}, statuses  # the retry isolates the diverging images
+    assert {k: r["status"] for k, r in fake.items()} == {"astronaut": "ok", "chelsea": "ok", "coffee": "diverged",
+                                                         "rocket": "diverged"}  # the retry isolates them
     assert all(r["psnr"] is None and "fake divergence" in r["message"] for r in fake.values() if r["status"] == "diverged")
     n_ok = sum(r["status"] == "ok" for r in fake.values())
     md = (res / "tiny.md").read_text()
     assert f"({n_ok}/4)" in md
-    assert all(r["status"] == "ok" for r in recs if r["solver"] == "oracle_mean")
+    unsupported = [r for r in recs if r["solver"] == "bench_fake_inpaint_only"]
+    assert len(unsupported) == 4 and {r["status"] for r in unsupported} == {"unsupported"}
+    assert "| Inpaint only | – | – | – |" in md  # shown as '–', without a failure count
+    oracle = [r for r in recs if r["solver"] == "oracle_sample"]
+    assert len(oracle) == 4 and all(r["status"] == "ok" and r["nfe_forward"] == 0 for r in oracle)
+    # the exact posterior sample of an image does not depend on its batch
+    run_and_table(proto, tmp_path / "bs1", "--batch-size", "1", "--solvers", "oracle_sample")
+    one = {r["image_id"]: r for r in store.load_records(tmp_path / "bs1") if r["solver"] == "oracle_sample"}
+    for r in oracle:
+        assert one[r["image_id"]]["psnr"] == pytest.approx(r["psnr"], abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------ user errors
@@ -186,3 +196,16 @@ def test_corrupt_and_too_small_images(tmp_path, capsys):
 def test_subprocess_cli_user_error_exit_code():
     out = cli("run", "--protocol", "no_such_protocol")
     assert out.returncode == 2 and "Traceback" not in out.stderr and "unknown protocol" in out.stderr
+
+
+def test_table1_stops_before_any_work_listing_missing_data_and_checkpoints(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESTOREBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("RESTOREBENCH_CHECKPOINTS", str(tmp_path / "ckpt"))
+    (tmp_path / "data" / "ffhq").mkdir(parents=True)
+    (tmp_path / "data" / "ffhq" / "00000.png").write_bytes((ROOT / "datasets/demo/rocket.png").read_bytes())
+    res = tmp_path / "res"
+    err = _fails_cleanly(["run", "--protocol", "table1", "--limit", "2", "--results", str(res)], capsys,
+                         "00001.png", str(tmp_path / "data" / "imagenet"), "ffhq_10m.pt", "256x256_diffusion_uncond.pt",
+                         "make checkpoints", "datasets/README.md")
+    assert "00000.png" not in err.split("missing")[1].split("\n")[0]  # present files are not named missing
+    assert not res.exists()

@@ -57,6 +57,14 @@ def test_gaussian_fft_path_and_circular_adjoint():
     torch.testing.assert_close(dot(M.forward_circular(x), y), dot(x, M.adjoint_circular(y)), rtol=1e-10, atol=1e-10)
 
 
+def test_reflect_pad_into_matches_torch_reflect_pad():
+    from operators.blur import reflect_pad_into
+    x = rand(2, 3, 40, 36, seed=23)
+    buf = reflect_pad_into(x, 30, (104, 100))
+    torch.testing.assert_close(buf[..., :100, :96], torch.nn.functional.pad(x, (30,) * 4, mode="reflect"), rtol=0, atol=0)
+    assert not buf[..., 100:, :].any() and not buf[..., 96:].any()
+
+
 def test_motion_blur_autograd_and_torch_fft_path(monkeypatch):
     A = build("deblur_motion")
     x = rand(2, *SHAPE, seed=21).requires_grad_(True)
@@ -75,6 +83,8 @@ def test_svd_reproduces_operator_and_is_orthonormal(task):
     svd = A.svd
     x = rand(2, *SHAPE, seed=5)
     torch.testing.assert_close(svd.A(x), A(x), rtol=0, atol=1e-10)
+    torch.testing.assert_close(operators.SVD.A(svd, x), A(x), rtol=0, atol=1e-10)  # U (S V^T x) via spectral maps
+    torch.testing.assert_close(operators.SVD.prox(svd, x, A(x), 0.5), svd.prox(x, A(x), 0.5), rtol=0, atol=1e-10)
     y = A(rand(2, *SHAPE, seed=6))
     torch.testing.assert_close(svd.At(y), A.adjoint(y), rtol=0, atol=1e-10)
     v = rand(2, svd.n, seed=7)

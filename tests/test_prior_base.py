@@ -99,6 +99,9 @@ def test_log_variance_learned_range(prior):
 def test_bad_shapes_are_clear_errors(prior):
     with pytest.raises(ValueError, match="expects images of shape"):
         prior.eps(torch.randn(2, 3, 8, 8), 5)
+    # (B, 1, 1, 1) per-image values are accepted like (B,)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(prior.eps(x, torch.tensor([3.0, 9.0]).view(2, 1, 1, 1)), prior.eps(x, torch.tensor([3.0, 9.0])))
     with pytest.raises(ValueError, match="scalar or have shape"):
         prior.eps(torch.randn(2, 3, 4, 4), torch.tensor([1, 2, 3]))
 

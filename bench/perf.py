@@ -1,0 +1,770 @@
+"""Solver speed against the network-bound limit: `python -m bench.perf` (`make perf`).
+
+A diffusion solver's cost is its network calls (NFE forward passes, plus backward passes through the
+UNet for DPS, MCG, DPPS and SPGD); everything else (operators, SVDs, candidate selection, Python) is
+overhead. For every solver and Table 1 task this measures, in ONE process, interleaved:
+
+* t_fwd: one forward of the network on the solver's batch, without autograd (median of repeats);
+* t_fb:  one forward with autograd plus one vector-Jacobian product to the input (median of repeats);
+  t_vjp = t_fb - t_fwd is what a backward NFE adds to the forward it differentiates;
+* limit = NFE_fwd * t_fwd + NFE_bwd * t_vjp (the counted NFE of the solve, checked against `budget()`),
+  overhead ratio = solver wall time / limit. The same ratio is reported with process CPU time, which
+  is robust to other jobs sharing the cores.
+
+Then batch scaling (images/s at batch 1, 4, 16), peak memory at the largest batch with and without
+activation checkpointing (ADMPrior `checkpointing`) for the backprop solvers, and the side-by-side
+against DeepInverse (bench/perf_deepinv.py, optional `perf` extra). Results: results/perf.md, .csv.
+
+Network: the real ADM architecture (priors/adm.py, the ffhq256 flag family: learned sigma, scale-shift
+norm, resblock up/down) with random weights (zero-initialised output layers re-initialised so every
+path carries signal). On the CPU a reduced-width 64x64 member (`--width`, default 32 channels) so the
+whole benchmark takes minutes; solvers run their `smoke` step counts (same algorithm, fewer steps;
+the ratio is per network call). `--device cuda --full` runs the 256x256 ffhq256-size network and the
+GPU figures (fp32 vs bf16/fp16 vs torch.compile, SPGD s/img at 500 NFE, PSNR change from reduced
+precision on the exact Gaussian prior).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import datetime
+import gc
+import os
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+import operators
+import solvers
+from priors.adm import ADMPrior, create_unet, small_config
+from priors.base import DiffusionPrior
+from solvers.base import SolverDiverged, UnsupportedTask
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE1_TASKS = ("inpaint_random", "deblur_gaussian", "deblur_motion", "sr4")
+TASK_PARAMS: dict[str, dict[str, Any]] = {  # bench/protocols/table1.yaml
+    "inpaint_random": {"p_range": (0.8, 0.8)},
+    "deblur_gaussian": {"kernel_size": 61, "std": 3.0},
+    "deblur_motion": {"kernel_size": 61, "intensity": 0.5},
+    "sr4": {"factor": 4},
+}
+SIGMA_Y = 0.05
+BACKPROP_SOLVERS = ("dps", "mcg", "dpps", "spgd")
+#: reduced step counts of the benchmark (same algorithms; the overhead ratio is per network call): about
+#: 8 network calls per solve (DDRM, DiffPIR: 5, their smoke counts). PnP-ADMM uses the prior's denoiser: its
+#: default DnCNN is not the diffusion network, so it would have no network-bound limit to compare with.
+PERF_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dps": {"num_steps": 8}, "mcg": {"num_steps": 8}, "dpps": {"num_steps": 8}, "scoresde": {"num_steps": 8},
+    "reddiff": {"num_steps": 8}, "spgd": {"num_steps": 4, "warmup_steps": 2}, "ddrm": {"num_steps": 5},
+    "diffpir": {"num_steps": 5}, "dcdp": {"rounds": 3, "dc_steps": 5, "ddim_steps": 3},
+    "pnp_admm": {"denoiser": "prior", "iterations": 5},
+}
+#: one network call per solve for the memory runs (the peak is that of one differentiated call)
+MEMORY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dps": {"num_steps": 1}, "mcg": {"num_steps": 1}, "dpps": {"num_steps": 2},
+    "spgd": {"num_steps": 1, "warmup_steps": 1},
+}
+#: the batch-scaling subset: one solver of each mechanism (backprop DDPM, backprop EDM, candidates, SVD, prox)
+SCALING_SOLVERS = ("dps", "spgd", "dpps", "ddrm", "diffpir")
+#: the 256x256 ffhq256 flags (priors/registry.py) for the GPU run
+FFHQ256_FLAGS = small_config(image_size=256, num_channels=128, num_res_blocks=1, attention_resolutions="16",
+                             num_head_channels=64)
+
+
+#: causes of misses found while developing this benchmark (the numbers come from the run)
+CAUSES: dict[Any, str] = {}
+
+
+# --------------------------------------------------------------------------- pure helpers (tested)
+def network_limit(nfe_forward: float, nfe_backward: float, t_fwd: float, t_vjp: float) -> float:
+    """Network-bound time of a solve: NFE_fwd * t_fwd + NFE_bwd * t_vjp (NFE counted per batch call)."""
+    if min(nfe_forward, nfe_backward, t_fwd, t_vjp) < 0:
+        raise ValueError("NFE counts and times must be non-negative")
+    return nfe_forward * t_fwd + nfe_backward * t_vjp
+
+
+def overhead_ratio(wall: float, limit: float) -> float:
+    """Solver time / network-bound limit (inf when the solver makes no network call)."""
+    return wall / limit if limit > 0 else float("inf")
+
+
+def vjp_increment(t_fwd: float, t_fb: float) -> float:
+    """What a backward NFE adds: t(forward with autograd + VJP) - t(forward without autograd), >= 0."""
+    return max(t_fb - t_fwd, 0.0)
+
+
+def perf_overrides(name: str, table: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The reduced step counts of the benchmark: PERF_OVERRIDES[name], else the solver's `smoke` overrides."""
+    if name not in solvers.available():
+        raise ValueError(f"unknown solver {name!r}; available: {solvers.available()}")
+    table = PERF_OVERRIDES if table is None else table
+    return dict(table[name]) if name in table else dict(solvers.base._REGISTRY[name].smoke)
+
+
+def window(samples: Sequence[Timing], j: int, half: int = 2) -> list[Timing]:
+    """The network samples around solve j (samples j-half+1 .. j+half; sample j was taken just before it)."""
+    return list(samples[max(j - half + 1, 0): j + half + 1])
+
+
+def images_per_second(batch: int, seconds: float) -> float:
+    return batch / seconds if seconds > 0 else float("inf")
+
+
+# --------------------------------------------------------------------------- timing and memory
+@dataclass
+class Timing:
+    wall: float
+    cpu: float
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Timing, Any]:
+    """Wall and process CPU time of fn() (CUDA-synchronised on the GPU)."""
+    _sync(device)
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    _sync(device)
+    return Timing(time.perf_counter() - w0, time.process_time() - c0), out
+
+
+def median_timing(samples: Sequence[Timing]) -> Timing:
+    return Timing(statistics.median(s.wall for s in samples), statistics.median(s.cpu for s in samples))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+_LIBC = None
+
+
+def _malloc_setup() -> None:
+    """Fix glibc's mmap threshold at 128 KiB so freed tensors return to the OS and RSS peaks are per run."""
+    global _LIBC
+    try:
+        _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (disables the dynamic threshold)
+    except OSError:
+        _LIBC = None
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(device: torch.device, interval: float = 0.002) -> Iterator[dict[str, float]]:
+    """Peak extra memory (bytes) of the block: CUDA max_memory_allocated, or on the CPU the peak of the
+    resident set size above its value at entry, sampled every `interval` s by a thread."""
+    result: dict[str, float] = {"peak_bytes": float("nan")}
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        yield result
+        _sync(device)
+        result["peak_bytes"] = float(torch.cuda.max_memory_allocated(device) - base)
+        return
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    base = _rss_bytes()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], _rss_bytes())
+        result["peak_bytes"] = float(peak[0] - base)
+
+
+# --------------------------------------------------------------------------- network and problems
+def build_prior(size: int, width: int, device: torch.device, full: bool, seed: int = 0,
+                **options: Any) -> ADMPrior:
+    """The ADM UNet with random weights: ffhq256 flags at 256 (`full`), else the reduced-width 64x64 member."""
+    flags = dict(FFHQ256_FLAGS) if full else small_config(image_size=size, num_channels=width)
+    torch.manual_seed(seed)
+    unet = create_unet(**flags)
+    with torch.no_grad():  # the zero-initialised output convolutions would make eps identically 0
+        for m in unet.modules():
+            if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)) and not m.weight.any():
+                m.reset_parameters()
+                m.weight.mul_(0.1)
+    prior = ADMPrior(unet.to(device), name=f"adm{flags['image_size']}-w{flags['num_channels']}-random", **options)
+    prior.flags = flags  # type: ignore[attr-defined]
+    return prior
+
+
+def n_parameters(prior: DiffusionPrior) -> int:
+    return sum(p.numel() for p in prior.parameters())
+
+
+@dataclass
+class Problem:
+    task: str
+    A: operators.Operator
+    x: torch.Tensor
+    y: torch.Tensor
+    seeds: list[int]
+
+    def generators(self) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(1000 + s) for s in self.seeds]
+
+
+def make_problem(task: str, batch: int, size: int, device: torch.device, seed: int = 0,
+                 shared_params: bool = False) -> Problem:
+    """A fresh operator (its SVD is built lazily inside the solve, as in the harness) and y = A x + noise."""
+    seeds = list(range(seed, seed + batch))
+    A = operators.get(task, image_shape=(3, size, size), seeds=seeds, sigma_y=SIGMA_Y,
+                      shared_params=shared_params, **TASK_PARAMS.get(task, {}))
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
+    y = A.measure(x, [torch.Generator().manual_seed(s) for s in seeds])
+    return Problem(task, A, x, y, seeds)
+
+
+class NetworkTimer:
+    """t_fwd and t_fb of the prior's network at a batch size, same input distribution as the solvers."""
+
+    def __init__(self, prior: DiffusionPrior, batch: int, device: torch.device) -> None:
+        self.prior = prior
+        self.device = device
+        g = torch.Generator().manual_seed(7)
+        self.x = torch.randn(batch, *prior.image_shape, generator=g).to(device)
+        self.v = torch.randn(batch, *prior.image_shape, generator=g).to(device)
+        self.k = torch.full((batch,), 500.0, device=device)
+        self.fwd: list[Timing] = []
+        self.fb: list[Timing] = []
+
+    def forward(self) -> None:
+        with torch.no_grad():
+            self.prior._model(self.x, self.k)
+
+    def forward_backward(self) -> None:
+        with torch.enable_grad():
+            x = self.x.detach().requires_grad_(True)
+            eps, _ = self.prior._model(x, self.k)
+            torch.autograd.grad(eps, x, grad_outputs=self.v)
+
+    def sample(self, repeats: int) -> None:
+        for _ in range(repeats):
+            self.fwd.append(timed(self.forward, self.device)[0])
+            self.fb.append(timed(self.forward_backward, self.device)[0])
+
+    def around(self, j: int) -> "NetworkTimer":
+        """A view holding only the samples taken around solve j (see `window`)."""
+        view = NetworkTimer.__new__(NetworkTimer)
+        view.__dict__.update(self.__dict__)
+        view.fwd, view.fb = window(self.fwd, j), window(self.fb, j)
+        return view
+
+    @property
+    def t_fwd(self) -> Timing:
+        return median_timing(self.fwd)
+
+    @property
+    def t_vjp(self) -> Timing:
+        f, b = self.t_fwd, median_timing(self.fb)
+        return Timing(vjp_increment(f.wall, b.wall), vjp_increment(f.cpu, b.cpu))
+
+    @property
+    def t_fb(self) -> Timing:
+        return median_timing(self.fb)
+
+
+# --------------------------------------------------------------------------- solver runs
+class OperatorClock:
+    """Wall time spent inside an operator's public calls during a solve (outermost calls only; the
+    autograd backward through the operator is not included). Sub-operators from `select` are clocked too."""
+
+    METHODS = ("forward", "adjoint", "pinv", "prox")
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self.calls = 0
+        self._depth = 0
+
+    def attach(self, A: operators.Operator) -> operators.Operator:
+        for name in self.METHODS:
+            A.__dict__.pop(name, None)
+            if hasattr(type(A), name):
+                setattr(A, name, self._wrap(getattr(A, name)))
+        A.__dict__.pop("select", None)
+        original_select = A.select
+        A.select = lambda idx: self.attach(original_select(idx))  # type: ignore[method-assign]
+        return A
+
+    def _wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def clocked(*args: Any, **kwargs: Any) -> Any:
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(self.device)
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+                self._depth -= 1
+        return clocked
+
+@dataclass
+class SolveResult:
+    timing: Timing | None
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    budget: dict[str, int] = field(default_factory=dict)
+    status: str = "ok"
+    peak_bytes: float = float("nan")
+    operator_s: float = float("nan")
+    operator_calls: int = 0
+
+
+def run_solver(name: str, prior: DiffusionPrior, problem: Problem, device: torch.device,
+               overrides: dict[str, Any], measure_memory: bool = False, clock_operator: bool = True) -> SolveResult:
+    """One timed solve; NFE are the prior's counters (per image) after the solve."""
+    solver = solvers.get(name, prior, task=problem.task, **overrides)
+    if not solver.supports(problem.A):
+        return SolveResult(None, status="unsupported")
+    gens = problem.generators()
+    clock = OperatorClock(device)
+    if clock_operator:
+        clock.attach(problem.A)
+    mem: dict[str, float] = {"peak_bytes": float("nan")}
+    try:
+        if measure_memory:
+            with peak_memory(device) as mem:
+                timing, _ = timed(lambda: solver.solve(problem.y, problem.A, gens), device)
+        else:
+            timing, _ = timed(lambda: solver.solve(problem.y, problem.A, gens), device)
+    except UnsupportedTask:
+        return SolveResult(None, status="unsupported")
+    except SolverDiverged as err:
+        return SolveResult(None, status=f"diverged ({err})")
+    return SolveResult(timing, prior.nfe.forward, prior.nfe.backward, solver.budget(),
+                       peak_bytes=mem["peak_bytes"], operator_s=clock.seconds if clock_operator else float("nan"),
+                       operator_calls=clock.calls)
+
+
+def overhead_row(name: str, task: str, batch: int, timer: NetworkTimer, runs: list[SolveResult]) -> dict[str, Any]:
+    ok = [r for r in runs if r.timing is not None]
+    row: dict[str, Any] = {"section": "overhead", "solver": name, "task": task, "batch": batch}
+    if not ok:
+        row["status"] = runs[0].status if runs else "not run"
+        return row
+    r0 = ok[0]
+    calls_f, calls_b = r0.nfe_forward / batch, r0.nfe_backward / batch  # batched network calls
+    t = median_timing([r.timing for r in ok])  # type: ignore[misc]
+    lim_w = network_limit(calls_f, calls_b, timer.t_fwd.wall, timer.t_vjp.wall)
+    lim_c = network_limit(calls_f, calls_b, timer.t_fwd.cpu, timer.t_vjp.cpu)
+    budget_ok = (r0.budget.get("nfe_forward"), r0.budget.get("nfe_backward")) == (calls_f, calls_b)
+    row.update(status="ok", nfe_forward=int(calls_f), nfe_backward=int(calls_b), budget_matches=budget_ok,
+               t_fwd_s=timer.t_fwd.wall, t_vjp_s=timer.t_vjp.wall, t_fb_s=timer.t_fb.wall,
+               limit_s=lim_w, wall_s=t.wall, ratio_wall=overhead_ratio(t.wall, lim_w),
+               limit_cpu_s=lim_c, cpu_s=t.cpu, ratio_cpu=overhead_ratio(t.cpu, lim_c), runs=len(ok),
+               operator_s=statistics.median(r.operator_s for r in ok), operator_calls=r0.operator_calls)
+    return row
+
+
+def overhead_table(prior: DiffusionPrior, names: Sequence[str], tasks: Sequence[str], batch: int,
+                   size: int, device: torch.device, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Per (solver, task): solves interleaved with network samples (one forward, one forward+VJP after each
+    solve) in this process; the limit of a solve uses the samples taken just before and after it (`window`)."""
+    timer = NetworkTimer(prior, batch, device)
+    timer.sample(1)
+    done: list[tuple[str, str, list[SolveResult], list[int]]] = []
+    for task in tasks:
+        for name in names:
+            runs: list[SolveResult] = []
+            positions: list[int] = []
+            for _ in range(rounds):
+                res = run_solver(name, prior, make_problem(task, batch, size, device), device, perf_overrides(name))
+                runs.append(res)
+                if res.timing is None:
+                    break
+                positions.append(len(timer.fwd) - 1)
+                timer.sample(1)
+            done.append((name, task, runs, positions))
+            log(f"{name:9s} {task:16s} {runs[-1].status} "
+                f"{'' if runs[-1].timing is None else f'{runs[-1].timing.wall:.2f}s'}")
+    timer.sample(1)
+    rows = []
+    for name, task, runs, positions in done:
+        view = timer.around(0)
+        view.fwd = [t for j in positions for t in window(timer.fwd, j)]
+        view.fb = [t for j in positions for t in window(timer.fb, j)]
+        row = overhead_row(name, task, batch, view, runs)
+        rows.append(row)
+        if row["status"] == "ok":
+            log(f"{name:9s} {task:16s} NFE {row['nfe_forward']}/{row['nfe_backward']}  "
+                f"wall {row['wall_s']:.2f}s limit {row['limit_s']:.2f}s ratio {row['ratio_wall']:.3f} "
+                f"(cpu ratio {row['ratio_cpu']:.3f}) operator {row['operator_s']:.2f}s/{row['operator_calls']} calls")
+    return rows
+
+
+def scaling_table(prior: DiffusionPrior, names: Sequence[str], task: str, batches: Sequence[int], size: int,
+                  device: torch.device, net_repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """images/s per solver at each batch (one solve each; the largest batch also records peak memory),
+    plus the network-bound images/s at the same batch."""
+    rows = []
+    largest = max(batches)
+    for batch in batches:
+        timer = NetworkTimer(prior, batch, device)
+        timer.sample(net_repeats)
+        for name in names:
+            res = run_solver(name, prior, make_problem(task, batch, size, device), device, perf_overrides(name),
+                             measure_memory=batch == largest)
+            row: dict[str, Any] = {"section": "scaling", "solver": name, "task": task, "batch": batch,
+                                   "status": res.status}
+            if res.timing is not None:
+                lim = network_limit(res.nfe_forward / batch, res.nfe_backward / batch,
+                                    timer.t_fwd.wall, timer.t_vjp.wall)
+                row.update(wall_s=res.timing.wall, images_per_s=images_per_second(batch, res.timing.wall),
+                           limit_s=lim, limit_images_per_s=images_per_second(batch, lim),
+                           ratio_wall=overhead_ratio(res.timing.wall, lim), peak_mib=res.peak_bytes / 2**20,
+                           nfe_forward=res.nfe_forward // batch, nfe_backward=res.nfe_backward // batch)
+                log(f"{name:9s} batch {batch:3d}: {row['images_per_s']:.3f} img/s "
+                    f"(network-bound {row['limit_images_per_s']:.3f}), peak {row['peak_mib']:.0f} MiB")
+            rows.append(row)
+    return rows
+
+
+def checkpointing_table(prior: ADMPrior, names: Sequence[str], task: str, batch: int, size: int,
+                        device: torch.device, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Backprop solvers at the largest batch with and without activation checkpointing: time and peak memory;
+    plus one network VJP alone (the activation memory per image that bounds the batch)."""
+    rows = []
+    timer = NetworkTimer(prior, batch, device)
+    for ckpt in (False, True):
+        prior.set_checkpointing(ckpt)
+        try:
+            with peak_memory(device) as mem:
+                t, _ = timed(timer.forward_backward, device)
+            rows.append({"section": "checkpointing", "solver": "network VJP", "task": "-", "batch": batch,
+                         "checkpointing": ckpt, "status": "ok", "wall_s": t.wall, "peak_mib": mem["peak_bytes"] / 2**20})
+            for name in names:
+                res = run_solver(name, prior, make_problem(task, batch, size, device), device,
+                                 perf_overrides(name, MEMORY_OVERRIDES), measure_memory=True)
+                row = {"section": "checkpointing", "solver": name, "task": task, "batch": batch,
+                       "checkpointing": ckpt, "status": res.status}
+                if res.timing is not None:
+                    row.update(wall_s=res.timing.wall, images_per_s=images_per_second(batch, res.timing.wall),
+                               peak_mib=res.peak_bytes / 2**20)
+                    log(f"{name:9s} batch {batch} checkpointing={ckpt}: {res.timing.wall:.2f}s, "
+                        f"peak {row['peak_mib']:.0f} MiB")
+                rows.append(row)
+        finally:
+            prior.set_checkpointing(False)
+    return rows
+
+
+# --------------------------------------------------------------------------- GPU-only figures
+def gpu_figures(device: torch.device, full: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """fp32 vs bf16/fp16 autocast vs torch.compile (network and SPGD at 500 NFE, s/img), and the PSNR change
+    from reduced precision on the exact Gaussian prior. Only meaningful on a GPU."""
+    from priors.gaussian import GaussianPrior
+
+    rows: list[dict[str, Any]] = []
+    size = 256 if full else 64
+    batch = 4
+    variants = [("fp32", {}), ("bf16", {"autocast": "bf16"}), ("fp16", {"autocast": "fp16"}),
+                ("fp32+compile", {"compile": True}), ("bf16+compile", {"autocast": "bf16", "compile": True})]
+    for label, options in variants:
+        try:
+            prior = build_prior(size, 32, device, full, **options)
+            timer = NetworkTimer(prior, batch, device)
+            timer.sample(2)  # warm-up (compilation) ...
+            timer.fwd.clear(), timer.fb.clear()
+            timer.sample(5)
+            problem = make_problem("inpaint_random", batch, size, device)
+            spgd_over = {} if full else perf_overrides("spgd")
+            res = run_solver("spgd", prior, problem, device, spgd_over, measure_memory=True)
+            row = {"section": "gpu", "solver": "spgd", "task": "inpaint_random", "batch": batch, "variant": label,
+                   "status": res.status, "t_fwd_s": timer.t_fwd.wall, "t_fb_s": timer.t_fb.wall}
+            if res.timing is not None:
+                row.update(wall_s=res.timing.wall, s_per_image=res.timing.wall / batch,
+                           nfe_forward=res.nfe_forward // batch, nfe_backward=res.nfe_backward // batch,
+                           peak_mib=res.peak_bytes / 2**20)
+            rows.append(row)
+            log(f"gpu {label}: {row}")
+        except Exception as err:  # noqa: BLE001  (a variant the GPU does not support is reported, not fatal)
+            rows.append({"section": "gpu", "variant": label, "status": f"failed: {type(err).__name__}: {err}"})
+    # PSNR change from reduced precision: SPGD on the exact Gaussian prior, fp32 vs autocast
+    gprior = GaussianPrior(image_shape=(3, 64, 64)).to(device)
+    gen = [torch.Generator().manual_seed(s) for s in range(batch)]
+    x = gprior.sample(batch, gen).to(device)
+    A = operators.get("inpaint_random", image_shape=(3, 64, 64), seeds=list(range(batch)), sigma_y=SIGMA_Y)
+    y = A.measure(x, [torch.Generator().manual_seed(s) for s in range(batch)])
+    psnr = {}
+    for label, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        solver = solvers.get("spgd", gprior, task="inpaint_random")
+        gens = [torch.Generator().manual_seed(100 + s) for s in range(batch)]
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+        with ctx:
+            xh = solver.solve(y, A, gens).float()
+        mse = ((xh - x) ** 2).flatten(1).mean(1)
+        psnr[label] = float((10 * torch.log10(4.0 / mse)).mean())
+    for label, value in psnr.items():
+        rows.append({"section": "gpu_psnr", "variant": label, "status": "ok", "psnr_db": value,
+                     "delta_db": value - psnr["fp32"]})
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+def machine_info(device: torch.device) -> dict[str, str]:
+    from bench.perf_operators import machine
+
+    info = machine()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import deepinv
+
+        info["deepinv"] = deepinv.__version__
+    except ImportError:
+        info["deepinv"] = "not installed"
+    return info
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if isinstance(v, float):
+        return "inf" if v == float("inf") else f"{v:.{nd}f}"
+    return "" if v is None else str(v)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    L: list[str] = ["# Solver performance: overhead over the network-bound limit", ""]
+    L += [f"Generated by `python -m bench.perf` (one run, {meta['date']}, {meta['duration_min']:.1f} min). "
+          f"Device **{meta['device']}**, {meta['threads']} torch threads. Network: ADM UNet "
+          f"({meta['flags_summary']}), **random weights**, {meta['params']:,} parameters, images "
+          f"{meta['size']}x{meta['size']}. Solvers run their `smoke` step counts (same algorithm, fewer steps; "
+          f"PnP-ADMM with the prior's denoiser); the limit and the ratio are per network call, so they carry over "
+          f"to full step counts as long as fixed per-solve costs stay small. Operators: the Table 1 tasks, "
+          f"sigma_y = {SIGMA_Y}, per-image parameters, a fresh operator per solve (SVDs are built inside the solve).", ""]
+    L += ["Definitions: t_fwd = one network forward without autograd; t_fb = forward with autograd + one VJP to "
+          "the input; t_vjp = t_fb - t_fwd; limit = NFE_fwd t_fwd + NFE_bwd t_vjp with the NFE counted by the "
+          "prior during the solve (per batched call; `budget ok` = equal to the solver's documented budget); "
+          "ratio = solver time / limit. Wall times are medians; the CPU-time ratio (process CPU seconds of the "
+          "solve over those of the network calls) is insensitive to other jobs sharing the cores.", ""]
+    L += [f"Machine load (1-min load average, {meta['cores']} cores): start {meta['load_start']}, "
+          f"end {meta['load_end']}. A load above the core count means other processes shared the CPU and every "
+          "wall time is inflated (the CPU-time ratio is the robust figure then).", ""]
+    ov = [r for r in rows if r["section"] == "overhead"]
+    if ov:
+        L += [f"## 1. Overhead ratio (batch {ov[0]['batch']}, target <= 1.10)", "",
+              "| solver | task | NFE fwd/bwd | budget ok | t_fwd (s) | t_vjp (s) | limit (s) | wall (s) | ratio (wall) | ratio (CPU) | target |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ov:
+            if r["status"] != "ok":
+                L.append(f"| {r['solver']} | {r['task']} | - | - | - | - | - | - | - | - | {r['status']} |")
+                continue
+            met = "met" if min(r["ratio_wall"], r["ratio_cpu"]) <= 1.10 else "**missed**"
+            L.append(f"| {r['solver']} | {r['task']} | {r['nfe_forward']}/{r['nfe_backward']} | "
+                     f"{'yes' if r['budget_matches'] else 'NO'} | {_f(r['t_fwd_s'])} | {_f(r['t_vjp_s'])} | "
+                     f"{_f(r['limit_s'], 2)} | {_f(r['wall_s'], 2)} | {_f(r['ratio_wall'])} | {_f(r['ratio_cpu'])} | {met} |")
+        L.append("")
+    sc = [r for r in rows if r["section"] == "scaling"]
+    if sc:
+        batches = sorted({r["batch"] for r in sc})
+        L += [f"## 2. Batch scaling ({sc[0]['task']}, images/s; network-bound images/s in brackets)", "",
+              "| solver | " + " | ".join(f"batch {b}" for b in batches) + f" | peak extra memory at batch {batches[-1]} (MiB) |",
+              "|---|" + "---|" * (len(batches) + 1)]
+        for name in dict.fromkeys(r["solver"] for r in sc):
+            cells, peak = [], ""
+            for b in batches:
+                r = next((r for r in sc if r["solver"] == name and r["batch"] == b), None)
+                if r is None or r["status"] != "ok":
+                    cells.append(r["status"] if r else "-")
+                    continue
+                cells.append(f"{r['images_per_s']:.3f} ({r['limit_images_per_s']:.3f})")
+                if b == batches[-1]:
+                    peak = f"{r['peak_mib']:.0f}"
+            L.append(f"| {name} | " + " | ".join(cells) + f" | {peak} |")
+        L.append("")
+    ck = [r for r in rows if r["section"] == "checkpointing"]
+    if ck:
+        L += [f"## 3. Activation checkpointing (batch {ck[0]['batch']}, backprop solvers)", "",
+              "Peak extra memory of the solve (CPU: resident set size above its value before the solve, sampled "
+              "every 2 ms; CUDA: max_memory_allocated). Enable with `ADMPrior(..., checkpointing=True)` or "
+              "`prior.set_checkpointing(True)` (the guided-diffusion `use_checkpoint` flag).", "",
+              "| solver | time off (s) | time on (s) | time x | peak off (MiB) | peak on (MiB) | memory x |",
+              "|---|---|---|---|---|---|---|"]
+        for name in dict.fromkeys(r["solver"] for r in ck):
+            off = next((r for r in ck if r["solver"] == name and not r["checkpointing"]), None)
+            on = next((r for r in ck if r["solver"] == name and r["checkpointing"]), None)
+            if not off or not on or off["status"] != "ok" or on["status"] != "ok":
+                L.append(f"| {name} | {off and off['status']} | {on and on['status']} | | | | |")
+                continue
+            L.append(f"| {name} | {off['wall_s']:.2f} | {on['wall_s']:.2f} | {on['wall_s'] / off['wall_s']:.2f} | "
+                     f"{off['peak_mib']:.0f} | {on['peak_mib']:.0f} | "
+                     f"{on['peak_mib'] / off['peak_mib'] if off['peak_mib'] > 0 else float('nan'):.2f} |")
+        L.append("")
+    di = [r for r in rows if r["section"] == "deepinv"]
+    L += ["## 4. Side by side with DeepInverse (equal NFE, same weights, batch, machine, run)", ""]
+    if di:
+        L += [di[0].get("setup", ""), "",
+              "| sampler | task | NFE ours (fwd/bwd) | NFE deepinv (fwd/bwd) | ours (s) | deepinv (s) | ours/deepinv | target <= 0.8 |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in di:
+            if r["status"] != "ok":
+                L.append(f"| {r['solver']} | {r.get('task', '')} | | | | | | {r['status']} |")
+                continue
+            met = "met" if r["ratio"] <= 0.8 else "**missed**"
+            L.append(f"| {r['solver']} | {r['task']} | {r['nfe_ours']} | {r['nfe_deepinv']} | {r['ours_s']:.2f} | "
+                     f"{r['deepinv_s']:.2f} | {r['ratio']:.3f} | {met} |")
+        L.append("")
+    else:
+        L += [meta.get("deepinv_note", "not run"), ""]
+    gp = [r for r in rows if r["section"] in ("gpu", "gpu_psnr")]
+    L += ["## 5. GPU figures", ""]
+    if gp:
+        L += ["| variant | t_fwd (s) | t_fb (s) | SPGD s/img | NFE fwd/bwd | peak (MiB) | status |", "|---|---|---|---|---|---|---|"]
+        for r in (r for r in gp if r["section"] == "gpu"):
+            L.append(f"| {r.get('variant')} | {_f(r.get('t_fwd_s'), 4)} | {_f(r.get('t_fb_s'), 4)} | "
+                     f"{_f(r.get('s_per_image'), 2)} | {r.get('nfe_forward', '')}/{r.get('nfe_backward', '')} | "
+                     f"{_f(r.get('peak_mib'), 0)} | {r['status']} |")
+        L += ["", "PSNR of SPGD on the exact Gaussian prior (64x64, inpaint_random) under autocast:", ""]
+        L += [f"- {r['variant']}: {r['psnr_db']:.3f} dB (change {r['delta_db']:+.3f} dB)" for r in gp if r["section"] == "gpu_psnr"]
+        L.append("")
+    else:
+        L += ["**Not measured here: no GPU was available to this run.** The code path exists: "
+              "`make perf DEVICE=cuda` (needs the Makefile to pass `--device $(DEVICE)`) or "
+              "`python -m bench.perf --device cuda --full` runs the 256x256 ffhq256-size network with random "
+              "weights and reports, for fp32, bf16 and fp16 autocast and torch.compile (fp32 and bf16): t_fwd, t_fb, "
+              "SPGD seconds per image at its Table 1 setting (T = 100, N = 5: 500 forward + 500 backward NFE, "
+              "batch 4) with peak CUDA memory, and the PSNR change from reduced precision for SPGD on the exact "
+              "Gaussian prior (autocast around the solve, same seeds).", ""]
+    L += meta.get("analysis", [])
+    L += ["## Machine", ""] + [f"- {k}: {v}" for k, v in meta["machine"].items()] + [""]
+    path.write_text("\n".join(L))
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Solver overhead over the network-bound limit (results/perf.md)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--full", action="store_true", help="256x256 ffhq256-size network (GPU)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--width", type=int, default=32, help="num_channels of the reduced ADM (CPU)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batches", default="1,4,16")
+    p.add_argument("--rounds", type=int, default=1, help="solves per (solver, task) in the overhead table")
+    p.add_argument("--net-repeats", type=int, default=3, help="network timings per batch size in the scaling table")
+    p.add_argument("--solvers", default=",".join(sorted(solvers.available())))
+    p.add_argument("--tasks", default=",".join(TABLE1_TASKS))
+    p.add_argument("--skip", default="", help="comma list of sections to skip: overhead,scaling,checkpointing,deepinv,gpu")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
+    args = p.parse_args(argv)
+
+    start = time.perf_counter()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    _malloc_setup()
+    size = 256 if args.full else args.size
+    skip = set(filter(None, args.skip.split(",")))
+    names = [n for n in args.solvers.split(",") if n]
+    tasks = [t for t in args.tasks.split(",") if t]
+    batches = [int(b) for b in args.batches.split(",")]
+    load_start = os.getloadavg()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
+
+    prior = build_prior(size, args.width, device, args.full)
+    warm = NetworkTimer(prior, args.batch, device)
+    warm.sample(2)  # first-call costs (kernel selection, allocator) out of every figure
+    log(f"prior {prior.name}: {n_parameters(prior):,} parameters; t_fwd {warm.t_fwd.wall:.3f}s t_fb {warm.t_fb.wall:.3f}s "
+        f"at batch {args.batch}")
+    rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {}
+    if "overhead" not in skip:
+        rows += overhead_table(prior, names, tasks, args.batch, size, device, args.rounds, log)
+    if "scaling" not in skip:
+        rows += scaling_table(prior, [n for n in SCALING_SOLVERS if n in names], "inpaint_random", batches, size,
+                              device, args.net_repeats, log)
+    if "checkpointing" not in skip:
+        rows += checkpointing_table(prior, [n for n in BACKPROP_SOLVERS if n in names], "inpaint_random",
+                                    max(batches), size, device, log)
+    if "deepinv" not in skip:
+        try:
+            from bench import perf_deepinv
+            di_rows, setup = perf_deepinv.side_by_side(prior, args.batch, size, device, log)
+            for r in di_rows:
+                r["setup"] = setup
+            rows += di_rows
+        except ImportError as err:
+            meta["deepinv_note"] = (f"not run: {err}. Install the optional extra: `pip install -e '.[perf]'` "
+                                    "(deepinv==0.5.0; `make perf` does it).")
+            log(meta["deepinv_note"])
+    if "gpu" not in skip and device.type == "cuda":
+        rows += gpu_figures(device, args.full, log)
+
+    flags = prior.flags  # type: ignore[attr-defined]
+    meta.update(
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        duration_min=(time.perf_counter() - start) / 60, device=str(device), threads=args.threads,
+        params=n_parameters(prior), size=size, cores=os.cpu_count(),
+        flags_summary=", ".join(f"{k} {flags[k]}" for k in ("num_channels", "num_res_blocks", "channel_mult",
+                                                            "attention_resolutions", "num_head_channels",
+                                                            "learn_sigma", "resblock_updown")),
+        load_start=", ".join(f"{v:.2f}" for v in load_start),
+        load_end=", ".join(f"{v:.2f}" for v in os.getloadavg()),
+        machine=machine_info(device), analysis=analysis_lines(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, args.out.with_suffix(".csv"))
+    write_markdown(args.out, rows, meta)
+    log(f"wrote {args.out} and {args.out.with_suffix('.csv')}")
+
+
+def analysis_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """'Misses and causes': every missed target with its numbers and the known cause / fix."""
+    L = ["## Misses and causes", ""]
+    for r in rows:
+        if r["section"] == "overhead" and r.get("status") == "ok" and min(r["ratio_wall"], r["ratio_cpu"]) > 1.10:
+            extra = r["wall_s"] - r["limit_s"]
+            calls = max(r["nfe_forward"], 1)
+            L.append(f"- {r['solver']} / {r['task']}: ratio {r['ratio_wall']:.2f} (CPU {r['ratio_cpu']:.2f}); "
+                     f"{extra:.2f} s outside the network = {1000 * extra / calls:.0f} ms per network call "
+                     f"(operator calls {r.get('operator_s', float('nan')):.2f} s). "
+                     f"{CAUSES.get(r['solver'], CAUSES.get((r['solver'], r['task']), ''))}")
+        if r["section"] == "deepinv" and r.get("status") == "ok" and r["ratio"] > 0.8:
+            L.append(f"- {r['solver']} vs DeepInverse on {r['task']}: ours/deepinv {r['ratio']:.3f} > 0.8. "
+                     f"{CAUSES.get('deepinv_' + r['solver'], '')}")
+    if len(L) == 2:
+        L.append("Every target was met in this run.")
+    return L + [""]
+
+
+if __name__ == "__main__":
+    main()
