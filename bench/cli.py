@@ -43,6 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise BenchError("--batch-size must be >= 1")
     device = args.device or ("cuda" if _cuda() else "cpu")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     runner = Runner(p, results_dir(p.name, args.results), device=device, batch_size=args.batch_size,
                     limit=args.limit, retry_errors=args.retry_errors, threads=args.threads)
     counts = runner.run()

@@ -25,7 +25,7 @@ def write_grids(results_dir: Path, methods: list[tuple[str, str]], out_dir: Path
     for ds_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for task_dir in sorted(p for p in ds_dir.iterdir() if p.is_dir()):
             present = {p.name for p in task_dir.iterdir() if p.is_dir()}
-            columns = [("_gt", "ground truth"), ("_y", "measurement")]
+            columns = [("_gt", "truth"), ("_y", "measured")]
             columns = [c for c in columns if c[0] in present]
             known = [m for m, _ in methods]
             columns += [(m, lab) for m, lab in methods if m in present]
@@ -49,7 +49,8 @@ def _grid(task_dir: Path, columns: list[tuple[str, str]], ids: list[str]) -> Ima
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for c, (col, label) in enumerate(columns):
-        draw.text((c * cell_w + 2, 1), label[: max(4, cell_w // 6)], fill="black", font=font)
+        short = label.replace("oracle: exact posterior ", "oracle ")
+        draw.text((c * cell_w + 2, 1), short[: max(4, cell_w // 6)], fill="black", font=font)
         for r, image_id in enumerate(ids):
             p = task_dir / col / f"{image_id}.png"
             if p.exists():

@@ -6,6 +6,13 @@ the cell, resolved solver parameters, operator description, prior identity, metr
 once in `configs/<writer>.jsonl`. Each process writes its own files (one per rank), so shards never
 contend; `load()` merges every file.
 
+Record fields: dataset, image_id, task, solver, seed (protocol seed), config_hash, image_sha256 (of
+the image file used), status (ok | diverged | unsupported | error), message, psnr, ssim, lpips (null
+unless ok), nfe_forward, nfe_backward (network evaluations per image, counted by the prior), seconds
+(per image = batch wall time / batch size), peak_mem_mb (of the batch: torch.cuda.max_memory_allocated
+on GPU, growth of the process RSS high-water mark on CPU), batch_size, device, code_version (git
+describe, else the package version), time (UTC, informative only).
+
 Crash safety: a batch of records is appended with one write, flushed and fsynced. A crash can leave
 at most one partial last line; readers ignore a trailing line that does not parse, and a writer cuts
 it off before appending. So a rerun loses at most the batch in flight.

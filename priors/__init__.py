@@ -1,8 +1,9 @@
 """Diffusion priors: schedules, the ADM UNet, exact Gaussian / Gaussian-mixture priors, checkpoint registry."""
 from priors.base import DiffusionPrior, ExactPrior, NFECounter, randn
+from priors.registry import available, load
 from priors.schedule import ContinuousVP, VPSchedule, edm_sigmas
 
-__all__ = ["DiffusionPrior", "ExactPrior", "NFECounter", "randn", "ContinuousVP", "VPSchedule", "edm_sigmas",
+__all__ = ["DiffusionPrior", "ExactPrior", "NFECounter", "randn", "ContinuousVP", "VPSchedule", "edm_sigmas", "load", "available",
            "GaussianPrior", "GMMPrior"]
 
 

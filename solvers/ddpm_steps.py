@@ -170,8 +170,13 @@ def project_onto_measurement(x: Tensor, y_k: Tensor, A: Operator) -> Tensor:
     """Projection onto {x : A x = y_k}: x - A^+(A x - y_k) (spec §8.1, general linear A).
 
     For the inpainting mask A^+ = A = m, so this is (1 - m) x + m y_k, the Score-SDE / MCG code.
+    An operator whose `pinv` is exact only for an approximating linear model exposes that model as
+    `A.pinv_forward` (motion blur: the circular model, operators/blur.py); the residual then uses it, so
+    the step stays an orthogonal projection (with the reflect-padded A, I - A_c^+ A has norm 2-4 and the
+    iterated projections diverge).
     """
-    return x - A.pinv(A(x) - y_k)
+    forward = getattr(A, "pinv_forward", A)
+    return x - A.pinv(forward(x) - y_k)
 
 
 def check_positions(num_steps: int) -> set[int]:

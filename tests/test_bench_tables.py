@@ -7,8 +7,6 @@ import json
 import math
 import random
 
-import pytest
-
 from bench import store, tables
 
 H = "cfg1"
