@@ -9,10 +9,10 @@ short line per asset and downloads nothing:
 """
 from __future__ import annotations
 
-import importlib
 import sys
 
 from bench import lpips_weights
+from solvers import pnp_denoisers
 
 
 def install_lpips_backbones() -> list[str]:
@@ -20,13 +20,7 @@ def install_lpips_backbones() -> list[str]:
 
 
 def install_pnp_denoisers() -> list[str]:
-    try:
-        module = importlib.import_module("solvers.pnp_denoisers")
-    except ModuleNotFoundError as err:
-        if err.name not in ("solvers.pnp_denoisers", "solvers"):
-            raise
-        return ["pnp denoisers: skipped (solvers.pnp_denoisers not written yet)"]
-    result = module.install_weights()
+    result = pnp_denoisers.install_weights()
     return [f"pnp denoisers: {result if result is not None else 'done'}"]
 
 

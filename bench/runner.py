@@ -16,7 +16,6 @@ import hashlib
 import importlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -189,17 +188,40 @@ def default_threads(protocol: Protocol, device: torch.device) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------- memory
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        return None
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
 def _measure(device: torch.device, out: dict):
+    """Wall seconds and peak memory of the block.
+
+    GPU: torch.cuda.max_memory_allocated. CPU: the process's peak resident memory during the block
+    above its resident memory at the start (VmHWM after resetting it, minus VmRSS), so the figure is
+    what the batch added, not the libraries already loaded; 0 where /proc is unavailable."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    rss0 = _rss_mb()
+    cpu_peak = (not cuda) and _reset_rss_peak()
+    rss0 = _proc_status_mb("VmRSS") if cpu_peak else None
     t0 = time.perf_counter()
     try:
         yield
@@ -207,7 +229,11 @@ def _measure(device: torch.device, out: dict):
         if cuda:
             torch.cuda.synchronize(device)
         out["seconds"] = time.perf_counter() - t0
-        out["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) / 2 ** 20) if cuda else max(0.0, _rss_mb() - rss0)
+        if cuda:
+            out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        else:
+            hwm = _proc_status_mb("VmHWM") if cpu_peak else None
+            out["peak_mem_mb"] = max(0.0, hwm - rss0) if hwm is not None and rss0 is not None else 0.0
 
 
 # ---------------------------------------------------------------------------------------- run

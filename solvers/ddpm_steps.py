@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -175,8 +176,13 @@ def project_onto_measurement(x: Tensor, y_k: Tensor, A: Operator) -> Tensor:
     the step stays an orthogonal projection (with the reflect-padded A, I - A_c^+ A has norm 2-4 and the
     iterated projections diverge).
     """
-    forward = getattr(A, "pinv_forward", A)
-    return x - A.pinv(forward(x) - y_k)
+    return x - A.pinv(pinv_model(A)(x) - y_k)
+
+
+def pinv_model(A: Operator) -> Callable[[Tensor], Tensor]:
+    """The linear map `A.pinv` is the exact pseudo-inverse of: `A.pinv_forward` where the operator has one
+    (motion blur: the circular model), else A itself."""
+    return getattr(A, "pinv_forward", A)
 
 
 def check_positions(num_steps: int) -> set[int]:

@@ -22,7 +22,8 @@ Step k -> k' (sigma = sigma_k, sigma' = sigma_{k'}):
     eps = eps_theta(x_k, k);  x0 = (x_k - sqrt(1 - abar_k) eps) / sqrt(abar_k)   (NOT clipped)
     x0_bar = V^T x0, eps_bar = V^T eps, fresh z_i ~ N(0, 1), and per index i:
       missing      (s_i = 0 or s_i sigma' = sigma_y):  x0_bar_i + sigma' sqrt(1 - eta^2) eps_bar_i + eta sigma' z_i
-      less noisy   (0 < s_i sigma' < sigma_y):         x0_bar_i + sigma' sqrt(1 - eta^2) (y_bar_i - s_i x0_bar_i) / sigma_y
+      less noisy   (0 < s_i sigma' < sigma_y):         x0_bar_i + sigma' sqrt(1 - eta^2)
+                                                       * (y_bar_i - s_i x0_bar_i) / sigma_y
                                                        + eta sigma' z_i
       noisier      (s_i sigma' > sigma_y):             eta_b y_bar_i / s_i + (1 - eta_b) x0_bar_i
                                                        + sqrt(sigma'^2 - eta_b^2 sigma_y^2 / s_i^2) z_i

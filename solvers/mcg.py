@@ -12,7 +12,8 @@ per step k -> k' (gradients on x_k):
 Inpainting (A = A^+ = m): A(A^+ y) = m y, so the residual is the code's ||m (y - x0_hat)||, and
 P(x' - alpha g) = (1 - m) x' - (1 - m) alpha g + m y_k is the code's update (the code restricts g to the
 unobserved pixels; the projection does that here). For operators with full row rank (blurs, SR) A A^+ = I and
-the residual is DPS's ||y - A x0_hat||. Generalisation beyond inpainting (documented): the MCG code has no
+the residual is DPS's ||y - A x0_hat||. Motion blur: A^+ is the pseudo-inverse of the circular model A_c
+(operators/blur.py), so y_range and the projection use A_c (ddpm_steps.pinv_model). Generalisation beyond inpainting (documented): the MCG code has no
 deblurring or SR; we apply the same update with the operator's closed-form pseudo-inverse (spec §8.1), NOT the
 DPS repo's `project` (wrong for masks and blurs, spec §8.2); operators without `A.pinv` raise UnsupportedTask.
 alpha: the code's unnormalised scale 1 for inpainting (the paper's alpha = 1/||r|| is not what the code does,
@@ -46,7 +47,7 @@ class MCG(Solver):
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
         steps = dd.ddpm_grid(self.prior.schedule, self.num_steps)
         checks = dd.check_positions(len(steps))
-        y_range = A(A.pinv(y))  # the part of y that A x can reach (m y for inpainting)
+        y_range = dd.pinv_model(A)(A.pinv(y))  # the part of y that A x can reach (m y for inpainting)
         x = dd.start_noise(self.prior, y, rng)
         for i, step in enumerate(steps):
             x = x.detach().requires_grad_(True)

@@ -12,7 +12,9 @@ On the DDPM grid of solvers/ddpm_steps.py (1000 steps), x_T ~ N(0, I); per step 
 For the inpainting mask A^+ = m and the projection is the code's (1 - m) x' + m y_k exactly. Generalisation
 to the other linear operators (documented): the same projection with the operator's closed-form
 pseudo-inverse `A.pinv` (spec §8.1 "general linear A"), NOT the DPS repo's `project` (wrong for masks and
-blurs, spec §8.2). Operators without a closed-form pinv (and nonlinear ones) raise UnsupportedTask. With
+blurs, spec §8.2); for motion blur A^+ and the residual A x' are those of the circular model
+(operators/blur.py, ddpm_steps.pinv_model). Operators without a closed-form pinv (and nonlinear ones) raise
+UnsupportedTask. With
 noisy y the projection carries the measurement noise (amplified by A^+ on small singular values) into the
 sample, which is the method's known weakness on blur/SR (spec §8.2 on SPGD's low numbers).
 Budget per image: num_steps forward NFE, no backward pass. sigma_y does not enter the update.

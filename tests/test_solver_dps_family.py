@@ -55,7 +55,7 @@ BOUNDS = {
     ("dpps", "sr4"): 1.2,               # 0.70, 0.80
     ("mcg", "inpaint_random"): 1.6,     # 1.00, 0.94; 0.86, 0.81 at 1000
     ("mcg", "deblur_gaussian"): 8.0,    # 3.57, 5.33 (hard projection, see docstring)
-    ("mcg", "deblur_motion"): 24.0,     # 15.77, 10.13 (circular-model projection); 15.99, 10.64 at 1000
+    ("mcg", "deblur_motion"): 24.0,     # 15.76, 10.12 (circular-model projection); 15.99, 10.64 at 1000
     ("mcg", "sr4"): 1.1,                # 0.68, 0.69
     ("scoresde", "inpaint_random"): 3.6,  # 2.39, 2.21; 2.03, 2.64 at 1000
     ("scoresde", "deblur_gaussian"): 8.0,  # 3.57, 5.33

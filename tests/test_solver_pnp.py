@@ -3,7 +3,8 @@
 * DnCNN (our port of SCICO's 17M): converted weights carry and check the sha256 of the SCICO source; a
   corrupted converted file or a wrong source is refused; the network denoises a natural image (scikit-image
   astronaut crop) at its training level sigma = 0.10 on [0, 1] with a PSNR gain > 5 dB (measured: +6.9 dB on
-  the 64x64 crop used here, +9.3 dB on a 128x128 one; a wrongly transposed kernel or missing BatchNorm statistics destroys the gain).
+  the 64x64 crop used here, +9.3 dB on a 128x128 one; a wrongly transposed kernel or missing BatchNorm
+  statistics destroys the gain).
 * PnP-ADMM with the prior's exact MMSE denoiser at the matched level sigma_y / sqrt(rho) on the exact Gaussian
   prior (3x32x32): the ADMM fixed point is then the exact posterior mean (module docstring of
   solvers/pnp_admm.py), so (a) 150 iterations reach E[x|y] to < 0.025 RMS (measured: 0.035 / 0.023 / 0.005 after

@@ -1,0 +1,90 @@
+"""Pure helper logic of the performance benchmark (bench/perf.py, bench/perf_deepinv.py); nothing is timed."""
+import math
+
+import pytest
+import torch
+
+import operators
+import solvers
+from bench import perf
+from priors.gaussian import GaussianPrior
+
+
+def test_network_limit_and_ratio_arithmetic():
+    # DPS-like: 8 forward + 8 backward calls; t_vjp is what a backward adds to its forward
+    t_fwd, t_fb = 0.5, 1.25
+    t_vjp = perf.vjp_increment(t_fwd, t_fb)
+    assert t_vjp == pytest.approx(0.75)
+    limit = perf.network_limit(8, 8, t_fwd, t_vjp)
+    assert limit == pytest.approx(8 * t_fb)  # every call differentiated: limit = NFE * t(forward + VJP)
+    assert perf.network_limit(5, 0, t_fwd, t_vjp) == pytest.approx(2.5)
+    assert perf.overhead_ratio(1.1 * limit, limit) == pytest.approx(1.1)
+    assert perf.overhead_ratio(1.0, 0.0) == math.inf
+    assert perf.vjp_increment(1.0, 0.9) == 0.0  # noise never makes a backward pass negative
+    with pytest.raises(ValueError):
+        perf.network_limit(-1, 0, 0.1, 0.1)
+    assert perf.images_per_second(16, 4.0) == 4.0
+
+
+def test_window_takes_the_samples_around_a_solve():
+    samples = [perf.Timing(float(i), float(i)) for i in range(6)]
+    # solve j ran between sample j and sample j + 1
+    assert [t.wall for t in perf.window(samples, 2)] == [1.0, 2.0, 3.0, 4.0]
+    assert [t.wall for t in perf.window(samples, 0)] == [0.0, 1.0, 2.0]
+    assert [t.wall for t in perf.window(samples, 5)] == [4.0, 5.0]
+    assert perf.median_timing(perf.window(samples, 2)).wall == 2.5
+
+
+def test_perf_step_counts_are_small_and_call_the_network():
+    prior = GaussianPrior(image_shape=(3, 16, 16))
+    for name in solvers.available():
+        budget = solvers.get(name, prior, task="inpaint_random", **perf.perf_overrides(name)).budget()
+        assert 1 <= budget["nfe_forward"] <= 20, (name, budget)  # a limit exists and the run stays short
+        if name in perf.BACKPROP_SOLVERS:
+            assert budget["nfe_backward"] == budget["nfe_forward"], name
+    for name in perf.MEMORY_OVERRIDES:
+        budget = solvers.get(name, prior, **perf.perf_overrides(name, perf.MEMORY_OVERRIDES)).budget()
+        assert budget["nfe_backward"] <= 2, name
+
+
+def test_operator_clock_keeps_results_and_clocks_selected_operators():
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    A = operators.get("inpaint_random", image_shape=(3, 16, 16), seeds=[0, 1, 2])
+    B = operators.get("inpaint_random", image_shape=(3, 16, 16), seeds=[0, 1, 2])
+    clock = perf.OperatorClock(torch.device("cpu"))
+    clock.attach(B)
+    assert torch.equal(B(x), A(x))
+    assert torch.equal(B.prox(x, A(x), 0.3), A.prox(x, A(x), 0.3))
+    idx = torch.tensor([2, 2, 0])
+    assert torch.equal(B.select(idx)(x[idx]), A.select(idx)(x[idx]))  # the copy uses ITS masks
+    assert clock.calls == 3 and clock.seconds >= 0
+
+
+def test_peak_memory_sees_a_held_allocation():
+    perf._malloc_setup()
+    with perf.peak_memory(torch.device("cpu")) as mem:
+        block = torch.ones(16, 2**20)  # 64 MiB, touched
+        block.add_(1)
+    assert mem["peak_bytes"] >= 60 * 2**20
+    del block
+
+
+def test_deepinv_wrapper_is_our_denoiser_on_the_unit_range():
+    pytest.importorskip("deepinv")
+    from bench import perf_deepinv
+
+    prior = GaussianPrior(image_shape=(3, 8, 8))
+    den = perf_deepinv.deepinv_denoiser(prior)
+    g = torch.Generator().manual_seed(0)
+    x01 = torch.rand(2, 3, 8, 8, generator=g)
+    sigma = torch.tensor([0.05, 0.2])
+    prior.reset_counters()
+    out = den(x01, sigma)
+    assert prior.nfe.forward == 2  # one counted network evaluation per image
+    expected = (prior.denoise(2 * x01 - 1, 2 * sigma) + 1) / 2
+    torch.testing.assert_close(out, expected)
+    # a scalar sigma is that sigma for every image
+    torch.testing.assert_close(den(x01, 0.2)[1], out[1])
+    # deepinv's step counts are sized by counted calls: DPS(S steps) makes S - 1 forward and backward calls
+    assert perf_deepinv.deepinv_nfe("dps", 9) == (8, 8)
+    assert perf_deepinv.matching_steps("ddrm", 5) == 5
