@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from bench.atomic import atomic_write
+
 LABEL_HEIGHT = 14
 MIN_CELL = 96  # pixels
 
@@ -34,7 +36,8 @@ def write_grids(results_dir: Path, methods: list[tuple[str, str]], out_dir: Path
             if not ids:
                 continue
             path = out_dir / f"grid_{ds_dir.name}_{task_dir.name}.png"
-            _grid(task_dir, columns, ids).save(path)
+            grid = _grid(task_dir, columns, ids)
+            atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
             written.append(path)
     return written
 

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
+
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.atomic import atomic_write
 
 SETUP_HINT = "run `make venv` (or `python -m bench.assets`) to install the offline LPIPS backbones"
 
@@ -188,17 +189,7 @@ def install(net: str, force: bool = False) -> str:
             state[name] = features[name[len("features."):]]
         else:  # classifier: a 1-element storage expanded to the right shape (tiny on disk, never used)
             state[name] = torch.zeros(1).expand(shape)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is meant to be readable like any other
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(target, lambda tmp: torch.save(state, tmp))
     return f"installed {target}"
 
 

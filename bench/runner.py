@@ -31,6 +31,7 @@ from PIL import Image
 import operators
 import solvers
 from bench import data, seeding
+from bench.atomic import atomic_write
 from bench.errors import BenchError
 from bench.protocol import REPO_ROOT, DatasetSpec, Protocol, SolverSpec, TaskSpec
 from bench.store import Store, record_key
@@ -467,10 +468,8 @@ class Runner:
         folder = self.dir / "images" / ds.name / task.name / column
         folder.mkdir(parents=True, exist_ok=True)
         for r, xi in zip(refs, xs):
-            path = folder / f"{r.id}.png"
-            tmp = path.with_suffix(f".tmp{os.getpid()}.png")
-            Image.fromarray(data.to_uint8(xi)).save(tmp)
-            os.replace(tmp, path)
+            image = Image.fromarray(data.to_uint8(xi))
+            atomic_write(folder / f"{r.id}.png", lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _measurement_view(A: operators.Operator, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

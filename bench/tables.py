@@ -2,15 +2,15 @@
 
 Outputs in results/<protocol>/ (byte-identical for identical records: sorted rows, fixed formats):
 
-* `<name>.csv`      tidy: dataset, task, method, metric, mean, std, n, ci95_low, ci95_high, n_ok, n_total
+* `table1.csv`      tidy: dataset, task, method, metric, mean, std, n, ci95_low, ci95_high, n_ok, n_total
                     (mean/std/CI over the images whose status is ok; 95 % CI = t-interval over images)
-* `<name>.md`       the SPGD Table 1 layout: a block per dataset, rows = methods, a column group per
+* `table1.md`       the SPGD Table 1 layout: a block per dataset, rows = methods, a column group per
                     task with PSNR / SSIM / LPIPS; best **bold**, second <u>underlined</u> (oracle rows
                     are references and are not ranked); a cell with failures shows "value (n_ok/n)";
                     footer: the metric card, noise, prior, seed, code version(s)
-* `<name>.tex`      the same table for LaTeX (booktabs)
-* `<name>_cost.md` / `<name>_cost.csv`  NFE forward / backward, seconds per image, peak memory
-* `<name>_vs_reference.md`  ours next to a published table (protocol `reference:`), when given
+* `table1.tex`      the same table for LaTeX (booktabs)
+* `table1_cost.md` / `table1_cost.csv`  NFE forward / backward, seconds per image, peak memory
+* `table1_vs_reference.md`  ours next to a published table (protocol `reference:`), when given
 
 The layout (order and labels of datasets, tasks and methods) comes from the protocol when given,
 otherwise from sorted names; the numbers come only from the records.
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from scipy import stats as sps
+
+from bench.atomic import atomic_write_text
 
 METRICS = ("psnr", "ssim", "lpips")
 HIGHER_BETTER = {"psnr": True, "ssim": True, "lpips": False}
@@ -306,6 +308,10 @@ def _kv(d: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------- entry
+#: every protocol's tables use the SPGD Table 1 layout, hence the file names results/<protocol>/table1.*
+TABLE_STEM = "table1"
+
+
 def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: str, layout: Layout | None = None,
           reference: Path | None = None, description: str = "") -> list[Path]:
     """Write every table of a results folder; returns the files written."""
@@ -313,17 +319,16 @@ def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: st
     cells = aggregate(records)
     title = f"{name}: {description}" if description else name
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {f"{name}.csv": tidy_csv(cells, layout),
-             f"{name}.md": markdown(cells, layout, title, footer(records, configs)),
-             f"{name}.tex": latex(cells, layout, title)}
+    stem = TABLE_STEM
+    files = {f"{stem}.csv": tidy_csv(cells, layout),
+             f"{stem}.md": markdown(cells, layout, title, footer(records, configs)),
+             f"{stem}.tex": latex(cells, layout, title)}
     cost_md, cost_csv = cost_tables(cells, layout, title)
-    files[f"{name}_cost.md"], files[f"{name}_cost.csv"] = cost_md + "\n", cost_csv
+    files[f"{stem}_cost.md"], files[f"{stem}_cost.csv"] = cost_md + "\n", cost_csv
     if reference is not None and reference.exists():
-        files[f"{name}_vs_reference.md"] = reference_markdown(cells, layout, read_reference(reference), title,
+        files[f"{stem}_vs_reference.md"] = reference_markdown(cells, layout, read_reference(reference), title,
                                                               reference.name) + "\n"
     written = []
     for fname, text in files.items():
-        path = out_dir / fname
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+        written.append(atomic_write_text(out_dir / fname, text))
     return written

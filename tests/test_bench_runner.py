@@ -22,7 +22,7 @@ METRIC_KEYS = ("psnr", "ssim", "lpips")
 def run_and_table(proto: Path, results: Path, *extra: str) -> bytes:
     assert main(["run", "--protocol", str(proto), "--results", str(results), *extra]) == 0
     assert main(["table", "--protocol", str(proto), "--results", str(results)]) == 0
-    return (results / "tiny.csv").read_bytes()
+    return (results / "table1.csv").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_sharded_run_over_two_processes_equals_single_process(reference, tmp_pat
     per_rank = [{r["image_id"] for r in map(json.loads, (res / "records" / f).read_text().splitlines())} for f in files]
     assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]  # disjoint shards
     assert main(["table", "--protocol", str(proto), "--results", str(res)]) == 0
-    assert (res / "tiny.csv").read_bytes() == ref_csv
+    assert (res / "table1.csv").read_bytes() == ref_csv
 
 
 def test_diverged_and_unsupported_become_records_and_the_run_goes_on(tmp_path):
@@ -122,7 +122,7 @@ def test_diverged_and_unsupported_become_records_and_the_run_goes_on(tmp_path):
                                                          "rocket": "diverged"}  # the retry isolates them
     assert all(r["psnr"] is None and "fake divergence" in r["message"] for r in fake.values() if r["status"] == "diverged")
     n_ok = sum(r["status"] == "ok" for r in fake.values())
-    md = (res / "tiny.md").read_text()
+    md = (res / "table1.md").read_text()
     assert f"({n_ok}/4)" in md
     unsupported = [r for r in recs if r["solver"] == "bench_fake_inpaint_only"]
     assert len(unsupported) == 4 and {r["status"] for r in unsupported} == {"unsupported"}

@@ -40,7 +40,7 @@ def render(records, tmp_path):
 
 
 def test_markdown_layout_ranks_failures_and_card(tmp_path):
-    md = render(RECORDS, tmp_path)["t.md"].decode()
+    md = render(RECORDS, tmp_path)["table1.md"].decode()
     assert "## Data (2 images)" in md
     assert "| Method | Task one PSNR↑ | SSIM↑ | LPIPS↓ |" in md
     assert "| A | **31.00** | <u>0.850</u> | <u>0.150</u> |" in md
@@ -54,7 +54,7 @@ def test_markdown_layout_ranks_failures_and_card(tmp_path):
 
 
 def test_csv_statistics(tmp_path):
-    rows = [r.split(",") for r in render(RECORDS, tmp_path)["t.csv"].decode().splitlines()]
+    rows = [r.split(",") for r in render(RECORDS, tmp_path)["table1.csv"].decode().splitlines()]
     assert rows[0] == ["dataset", "task", "method", "metric", "mean", "std", "n", "ci95_low", "ci95_high", "n_ok", "n_total"]
     a_psnr = next(r for r in rows if r[2] == "a" and r[3] == "psnr")
     half = 12.706204736174698 * math.sqrt(2) / math.sqrt(2)  # t_{0.975, 1} * s / sqrt(n), s = sqrt(2)
@@ -66,10 +66,10 @@ def test_csv_statistics(tmp_path):
 
 def test_latex_and_cost(tmp_path):
     out = render(RECORDS, tmp_path)
-    tex = out["t.tex"].decode()
+    tex = out["table1.tex"].decode()
     assert r"A & \textbf{31.00} & \underline{0.850} & \underline{0.150} \\" in tex
     assert r"\multicolumn{3}{c}{Task one}" in tex
-    cost = out["t_cost.md"].decode()
+    cost = out["table1_cost.md"].decode()
     assert "| A | 100 / 50 NFE · 2 s · 10 MB |" in cost
 
 
@@ -84,7 +84,7 @@ def test_reference_comparison(tmp_path):
     ref = tmp_path / "ref.csv"
     ref.write_text("dataset,task,method,psnr,ssim,lpips\nd,t1,a,30.87,0.889,0.120\nd,t1,b,,,\n")
     files = tables.write(RECORDS, CONFIG, tmp_path, "t", LAYOUT, ref)
-    md = next(f for f in files if f.name == "t_vs_reference.md").read_text()
+    md = next(f for f in files if f.name == "table1_vs_reference.md").read_text()
     assert "| A | 31.00 / 30.87 | 0.850 / 0.889 | 0.150 / 0.120 |" in md
     assert "| B | 28.00 / – | 0.950 / – | 0.300 / – |" in md
 
