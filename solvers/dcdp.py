@@ -1,6 +1,6 @@
 """DCDP: Decoupled Data Consistency with Diffusion Purification (Li et al., arXiv 2403.06054).
 
-Spec: /work/shared/spec/solvers-seed.md §5 (code `[DCDP] dcdp.py`, paper §3, App. A).
+Spec: shared/spec/solvers-seed.md §5 (code `[DCDP] dcdp.py`, paper §3, App. A).
 
 Purification times (`Purification_Schedule`, linear): with K rounds from T0 to T_end,
     t_i = flip(round(linspace(0, 1, K) (T0 - T_end) + 1e-6) + T_end),  zeros replaced by 1

@@ -1,6 +1,6 @@
 """RED-diff: variational posterior sampling with a diffusion prior (Mardani et al., ICLR 2024).
 
-Spec: /work/shared/spec/solvers-baselines.md §6 (code `[REDdiff] algos/reddiff.py`), §0.1, §10.9.
+Spec: shared/spec/solvers-baselines.md §6 (code `[REDdiff] algos/reddiff.py`), §0.1, §10.9.
 
 A point estimate mu (Dirac variational posterior, sigma_x0 = 0) is optimised by Adam (betas
 (0.9, 0.99), eps 1e-8, no weight decay; class `Adam` below) over the descending time grid with

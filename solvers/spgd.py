@@ -1,6 +1,6 @@
 """SPGD: Stabilized Progressive Gradient Diffusion (Wu et al., ACM MM 2025, arXiv 2507.06656).
 
-Spec: /work/shared/spec/solvers-seed.md §2 (numbers and the paper-vs-code list §2.9); paper §4,
+Spec: shared/spec/solvers-seed.md §2 (numbers and the paper-vs-code list §2.9); paper §4,
 Eq. 10-13, App. D.2, Table 5. EDM (VE) variable x = x0 + sigma n; the denoiser D(x; sigma) is
 `prior.denoise` (continuous VP conversion, spec §1).
 
