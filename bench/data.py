@@ -15,7 +15,6 @@ mapped to [-1, 1] float32. An image smaller than the protocol size is an error (
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -27,6 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from bench.errors import BenchError
+from bench.fileio import sha256_file
 from bench.protocol import DatasetSpec, repo_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -42,14 +42,6 @@ class ImageRef:
     @property
     def key(self) -> str:
         return f"{self.dataset}/{self.id}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(path: str | Path) -> dict:

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import bench.torchvision_shim  # noqa: F401  (before lpips/torchmetrics import torchvision)
 from bench import lpips_weights

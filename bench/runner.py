@@ -31,7 +31,7 @@ from PIL import Image
 import operators
 import solvers
 from bench import data, seeding
-from bench.atomic import atomic_write
+from bench.fileio import atomic_write
 from bench.errors import BenchError
 from bench.protocol import REPO_ROOT, DatasetSpec, Protocol, SolverSpec, TaskSpec
 from bench.store import Store, record_key

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from scipy import stats as sps
 
-from bench.atomic import atomic_write_text
+from bench.fileio import atomic_write_text
 
 METRICS = ("psnr", "ssim", "lpips")
 HIGHER_BETTER = {"psnr": True, "ssim": True, "lpips": False}

@@ -167,16 +167,54 @@ def has_pinv(A: Operator) -> bool:
     return bool(A.is_linear) and type(A).pinv is not LinearOperator.pinv
 
 
-def project_onto_measurement(x: Tensor, y_k: Tensor, A: Operator) -> Tensor:
+def project_onto_measurement(x: Tensor, y_k: Tensor, A: Operator,
+                             pinv: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Projection onto {x : A x = y_k}: x - A^+(A x - y_k) (spec §8.1, general linear A).
 
     For the inpainting mask A^+ = A = m, so this is (1 - m) x + m y_k, the Score-SDE / MCG code.
     An operator whose `pinv` is exact only for an approximating linear model exposes that model as
     `A.pinv_forward` (motion blur: the circular model, operators/blur.py); the residual then uses it, so
     the step stays an orthogonal projection (with the reflect-padded A, I - A_c^+ A has norm 2-4 and the
-    iterated projections diverge).
+    iterated projections diverge). `pinv`: the pseudo-inverse to use (`projection_pinv(A, threshold)`);
+    A.pinv when None.
     """
-    return x - A.pinv(pinv_model(A)(x) - y_k)
+    return x - (pinv or A.pinv)(pinv_model(A)(x) - y_k)
+
+
+def projection_pinv(A: Operator, threshold: float) -> Callable[[Tensor], Tensor]:
+    """A^+ with the singular values below `threshold` x (largest singular value) treated as zero.
+
+    Why: the projection x - A^+(A x - y_k) copies A^+ applied to the measurement noise into the sample
+    at every step; a singular value s amplifies it by 1/s. The operators' own `pinv` keeps singular values
+    down to DDRM's 3e-2 (for the separable Gaussian blur on each 1-D factor, so 2-D values down to 1e-3 are
+    inverted), which turns sigma_y = 0.05 into checkerboard noise on the blurs. The threshold is relative to
+    the largest singular value (a cap 1/threshold on the condition number of the inverted part), so it is
+    one number for every operator: with threshold < 1/2, masks (singular values 0/1) and the bicubic SR
+    operator (0.124 .. 0.25 at any size, ratio > 0.49) keep their exact pinv.
+
+    Mechanism by what the operator offers (no task names): an exact separable SVD (`svd_at(0)`: Gaussian
+    blur, SR) -> V S_t^+ U^T on the 2-D singular values; a circular spectrum (`pinv_circular`: motion blur,
+    whose nonnegative kernels sum to 1, so the largest |K(f)| = K(0) = 1) -> that spectrum truncated at
+    threshold x max sum(kernel); otherwise (masks) A.pinv, exact.
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"projection_threshold must be in (0, 1) (a fraction of the largest singular value), "
+                         f"got {threshold}")
+    if hasattr(A, "svd_at"):
+        svd = A.svd_at(0.0)
+
+        def pinv_svd(y: Tensor) -> Tensor:
+            u = svd.Ut(y)
+            s = svd.singulars(u.shape[0]).to(dtype=u.dtype, device=u.device)
+            keep = (s > 0) & (s >= threshold * s.amax(dim=1, keepdim=True))
+            inv = torch.where(keep, 1 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))[:, : svd.m]
+            return svd.V(torch.nn.functional.pad(inv * u, (0, svd.n - svd.m)))
+        return pinv_svd
+    if hasattr(A, "pinv_circular"):
+        s_max = float(A.kernel.flatten(1).sum(1).max())  # = max |K(f)| for nonnegative kernels
+        cut = max(threshold * s_max, getattr(A, "pinv_threshold", 0.0))
+        return lambda y: A.pinv_circular(y, cut)
+    return A.pinv
 
 
 def pinv_model(A: Operator) -> Callable[[Tensor], Tensor]:

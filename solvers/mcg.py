@@ -48,6 +48,7 @@ class MCG(Solver):
         steps = dd.ddpm_grid(self.prior.schedule, self.num_steps)
         checks = dd.check_positions(len(steps))
         y_range = dd.pinv_model(A)(A.pinv(y))  # the part of y that A x can reach (m y for inpainting)
+        pinv = dd.projection_pinv(A, self.projection_threshold)
         x = dd.start_noise(self.prior, y, rng)
         for i, step in enumerate(steps):
             x = x.detach().requires_grad_(True)
@@ -55,7 +56,7 @@ class MCG(Solver):
             g = dd.norm_gradient(dd.residual_norm(y_range, A, pred.x0), x)
             with torch.no_grad():
                 x = pred.mean + dd.ancestral_noise(step, pred.v, pred.mean, rng) - self.alpha * g
-                x = dd.project_onto_measurement(x, dd.noised_measurement(y, step.abar, rng), A)
+                x = dd.project_onto_measurement(x, dd.noised_measurement(y, step.abar, rng), A, pinv)
             if i in checks:
                 self.check_finite(x, f"MCG step k={step.k}")
         return x.detach()

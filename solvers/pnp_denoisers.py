@@ -31,13 +31,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from bench.fileio import atomic_write, sha256_file
 
 Tensor = torch.Tensor
 
@@ -191,27 +192,6 @@ def scico_source(variant: str) -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def convert_variant(variant: str = DEFAULT_VARIANT) -> Path:
     """Convert SCICO's dncnn<variant>.mpk to our torch file (source sha256 checked); returns its path."""
     depth, sigma_input = _parse_variant(variant)
@@ -228,9 +208,9 @@ def convert_variant(variant: str = DEFAULT_VARIANT) -> Path:
     torch.save(payload, buffer)  # in memory: the bytes (and checksum) do not depend on a file name
     data = buffer.getvalue()
     # checksum side file first, so a concurrent reader never finds a new file without its checksum
-    _atomic_write(target.with_name(target.name + ".sha256"),
+    atomic_write(target.with_name(target.name + ".sha256"),
                   lambda tmp: Path(tmp).write_text(hashlib.sha256(data).hexdigest() + "\n"))
-    _atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     return target
 
 

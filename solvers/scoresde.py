@@ -46,12 +46,13 @@ class ScoreSDE(Solver):
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
         steps = dd.ddpm_grid(self.prior.schedule, self.num_steps)
         checks = dd.check_positions(len(steps))
+        pinv = dd.projection_pinv(A, self.projection_threshold)
         x = dd.start_noise(self.prior, y, rng)
         with torch.no_grad():
             for i, step in enumerate(steps):
                 pred = dd.predict(self.prior, x, step)
                 x = pred.mean + dd.ancestral_noise(step, pred.v, x, rng)
-                x = dd.project_onto_measurement(x, dd.noised_measurement(y, step.abar, rng), A)
+                x = dd.project_onto_measurement(x, dd.noised_measurement(y, step.abar, rng), A, pinv)
                 if i in checks:
                     self.check_finite(x, f"Score-SDE step k={step.k}")
         return x

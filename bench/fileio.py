@@ -1,6 +1,11 @@
-"""Write files so that a crash never leaves a half-written one: temp file in the same folder, then rename."""
+"""File helpers shared by the harness and the setup steps (imports nothing of the project).
+
+`atomic_write`: a crash never leaves a half-written file (temp file in the same folder, then rename).
+`sha256_file`: the checksum used by manifests, records and weight checks.
+"""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,3 +33,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
     return atomic_write(path, _write)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
