@@ -18,6 +18,11 @@ deblurring or SR; we apply the same update with the operator's closed-form pseud
 DPS repo's `project` (wrong for masks and blurs, spec §8.2); operators without `A.pinv` raise UnsupportedTask.
 alpha: the code's unnormalised scale 1 for inpainting (the paper's alpha = 1/||r|| is not what the code does,
 spec §8.2 / [MCG-issue15]); other tasks: see solvers/configs/mcg.yaml.
+A^+ in the projection is truncated at `projection_threshold` x the largest singular value
+(ddpm_steps.projection_pinv): it copies A^+ of the measurement noise into the sample at every step (gain 1/s),
+which with the operator's own pinv (DDRM's 3e-2 truncation) turned sigma_y = 0.05 into checkerboard noise on the
+blurs (demo: 8 dB); masks and SR keep their exact pinv. Default 0.15 by measurement (solvers/configs/mcg.yaml).
+y_range keeps the operator's own pinv (the gradient term is unchanged).
 Budget per image: num_steps forward + num_steps backward NFE. sigma_y does not enter the update.
 """
 from __future__ import annotations

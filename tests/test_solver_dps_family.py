@@ -11,9 +11,11 @@ Each (solver, task) must
   (a) beat the trivial estimate: ||x_hat - mean||^2 < ||x_triv - mean||^2 + tr(Cov), x_triv the better of
       A^T y and A^+ y — i.e. be closer than the trivial estimate given a posterior-sized spread (a sampler
       cannot beat the trivial estimate itself where that is near-MMSE: the SR pinv is closer to the mean
-      than exact posterior samples are). Exceptions, documented: MCG and Score-SDE on Gaussian and motion
-      deblurring (their hard projection onto the noisy measurement through the truncated pinv amplifies the
-      noise; for motion blur the pinv and the projection are those of the circular model, operators/blur.py);
+      than exact posterior samples are). Exceptions, documented: MCG and Score-SDE on motion deblurring (the
+      pinv and the projection are those of the circular model, operators/blur.py, which at 32x32 with a 61x61
+      kernel differs from the reflect-padded operator over the whole image; image 0 misses the bound, image 1
+      meets it). With the operator's own pinv (DDRM's 3e-2 truncation) both blurs missed it by far (the
+      projection amplified the noise); the projection's A^+ is now truncated at `projection_threshold`;
   (b) stay within the per-(solver, task) ratio bound BOUNDS, about 1.5x the ratio measured at the budget
       below (measured values in the comment).
 Budgets (reduced where the real 1000 steps do not fit the test-time budget): STEPS below; DPPS on motion
@@ -54,15 +56,15 @@ BOUNDS = {
     ("dpps", "deblur_motion"): 4.0,     # 2.42, 2.72 (max_candidates 10)
     ("dpps", "sr4"): 1.2,               # 0.70, 0.80
     ("mcg", "inpaint_random"): 1.6,     # 1.00, 0.94; 0.86, 0.81 at 1000
-    ("mcg", "deblur_gaussian"): 8.0,    # 3.57, 5.33 (hard projection, see docstring)
-    ("mcg", "deblur_motion"): 24.0,     # 15.76, 10.12 (circular-model projection); 15.99, 10.64 at 1000
+    ("mcg", "deblur_gaussian"): 2.0,    # 1.34, 1.05 (projection_threshold 0.15; 3.57, 5.33 with the operator pinv)
+    ("mcg", "deblur_motion"): 8.0,      # 5.17, 3.39 (circular-model projection; 15.76, 10.12 with the operator pinv)
     ("mcg", "sr4"): 1.1,                # 0.68, 0.69
     ("scoresde", "inpaint_random"): 3.6,  # 2.39, 2.21; 2.03, 2.64 at 1000
-    ("scoresde", "deblur_gaussian"): 8.0,  # 3.57, 5.33
-    ("scoresde", "deblur_motion"): 24.0,  # 15.77, 10.13; 16.00, 10.64 at 1000
+    ("scoresde", "deblur_gaussian"): 2.1,  # 1.42, 1.06 (3.57, 5.33 with the operator pinv)
+    ("scoresde", "deblur_motion"): 8.7,  # 5.77, 3.63 (15.77, 10.13 with the operator pinv)
     ("scoresde", "sr4"): 1.1,           # 0.67, 0.69
 }
-WORSE_THAN_TRIVIAL = {(s, t) for s in ("mcg", "scoresde") for t in ("deblur_gaussian", "deblur_motion")}
+WORSE_THAN_TRIVIAL = {(s, "deblur_motion") for s in ("mcg", "scoresde")}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -166,8 +168,49 @@ def test_projection_is_the_mask_replacement_and_idempotent():
     assert torch.allclose(dd.project_onto_measurement(x, y, A), (1 - m) * x + m * y, atol=1e-6)
     for task in ("sr4", "deblur_gaussian", "deblur_motion"):  # motion: the circular model (A.pinv_forward)
         A, y = problem(task)["A"], problem(task)["y"]
-        once = dd.project_onto_measurement(x, y, A)
-        assert torch.allclose(dd.project_onto_measurement(once, y, A), once, atol=1e-4), task
+        for pinv in (None, dd.projection_pinv(A, 0.15)):  # the operator's pinv and the truncated one
+            once = dd.project_onto_measurement(x, y, A, pinv)
+            assert torch.allclose(dd.project_onto_measurement(once, y, A, pinv), once, atol=1e-4), task
+
+
+def test_projection_pinv_keeps_masks_and_sr_exact():
+    """Singular values 0/1 (mask) and 0.124..0.25 (bicubic x4: ratio 0.496) all survive a threshold 0.3."""
+    for task in ("inpaint_random", "sr4"):
+        A, y = problem(task)["A"], problem(task)["y"]
+        assert torch.allclose(dd.projection_pinv(A, 0.3)(y), A.pinv(y), atol=1e-5), task
+
+
+def test_projection_pinv_inverts_exactly_the_singular_values_above_the_threshold():
+    """Gaussian blur (exact separable SVD): pinv_t(U e_i) = V e_i / s_i if s_i >= t max s, else 0 (2-D values)."""
+    A, t = problem("deblur_gaussian")["A"], 0.15
+    svd = A.svd_at(0.0)
+    s = svd.singulars(B)[0]
+    pinv = dd.projection_pinv(A, t)
+    for i in {int(s.argmax()), int(s.argmin()), int((s - t * s.max()).abs().argmin())}:
+        if i >= svd.m:
+            continue
+        u = torch.zeros(B, svd.m)
+        u[:, i] = 1
+        v = torch.zeros(B, svd.n)
+        v[:, i] = 1 / s[i] if s[i] >= t * s.max() else 0
+        assert torch.allclose(pinv(svd.U(u)), svd.V(v), atol=1e-4), (i, float(s[i]))
+    with pytest.raises(ValueError, match="projection_threshold"):
+        dd.projection_pinv(A, 0.0)
+
+
+@pytest.mark.parametrize("task", ["deblur_gaussian", "deblur_motion"])
+def test_projection_pinv_bounds_the_noise_gain(task):
+    """||A_t^+ n|| <= ||n|| / t (largest singular value 1); the operator's own pinv amplifies far more."""
+    A, t = problem(task)["A"], 0.15
+    n = torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(5))
+    norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
+    for _ in range(20):  # repeated application concentrates n on the most amplified directions (gain -> ~1/t)
+        n = dd.projection_pinv(A, t)(n)
+        n = n / norm(n).view(-1, 1, 1, 1)
+    gain_t = norm(dd.projection_pinv(A, t)(n))
+    gain_op = norm(A.pinv(torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(6))))
+    assert (gain_t <= 1 / t * (1 + 1e-4)).all() and (gain_t >= 0.5 / t).all(), gain_t
+    assert (gain_op > 5 * norm(torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(6)))).all()
 
 
 def test_projection_solvers_refuse_operators_without_pinv():
