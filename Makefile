@@ -49,7 +49,7 @@ checkpoints: venv
 
 perf: venv
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[perf]'
-	$(BIN)/python -m bench.perf
+	$(BIN)/python -m bench.perf $(if $(DEVICE),--device $(DEVICE))
 	$(BIN)/python -m bench.perf_operators
 
 clean-venv:

@@ -53,26 +53,35 @@ class SolverDiverged(RuntimeError):
 
 
 class RNG:
-    """Per-image random streams: `randn(shape)` draws image i's noise from generator i."""
+    """Per-image random streams: image i's noise comes from generator i.
 
-    def __init__(self, generator: torch.Generator | Sequence[torch.Generator] | None, batch: int) -> None:
+    `repeat(n)` gives the streams of a batch of B*n rows in which image i's n copies are adjacent
+    (DPPS candidates): the n rows of image i are drawn from generator i in one call.
+    """
+
+    def __init__(self, generator: torch.Generator | Sequence[torch.Generator] | None, batch: int,
+                 copies: int = 1) -> None:
         if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
         self.generator = generator
         self.batch = batch
+        self.copies = copies
 
     def randn_like(self, x: Tensor) -> Tensor:
-        return randn_per_image(x, self.generator)
+        if self.copies == 1:
+            return randn_per_image(x, self.generator)
+        if x.shape[0] != self.batch * self.copies:
+            raise ValueError(f"expected {self.batch} x {self.copies} rows, got {x.shape[0]}")
+        grouped = x.new_empty((self.batch, self.copies * x[0].numel()))
+        return randn_per_image(grouped, self.generator).view_as(x)
 
     def randn(self, per_image_shape: Sequence[int], like: Tensor) -> Tensor:
-        """(B, *per_image_shape) standard normal, dtype/device of `like`."""
-        return randn_per_image(like.new_empty((self.batch, *per_image_shape)), self.generator)
+        """(B * copies, *per_image_shape) standard normal, dtype/device of `like`."""
+        return self.randn_like(like.new_empty((self.batch * self.copies, *per_image_shape)))
 
     def repeat(self, n: int) -> "RNG":
-        """Streams for a batch of B*n (image i's n copies all draw from generator i, in turn)."""
-        if self.generator is None or isinstance(self.generator, torch.Generator):
-            return RNG(self.generator, self.batch * n)
-        return RNG([g for g in self.generator for _ in range(n)], self.batch * n)
+        """Streams for a batch of B*n rows, image i's n copies adjacent and drawn from generator i."""
+        return RNG(self.generator, self.batch, self.copies * n)
 
 
 class Solver:

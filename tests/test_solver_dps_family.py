@@ -151,9 +151,9 @@ def test_dpps_selects_the_closest_candidate_per_image():
     eps = torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(2))
     n = 5
     chosen = select_candidate(x_mean, std, eps, y, A, step, n, RNG(gens(7), B))
-    for i in range(B):  # redraw image i's candidates from its own stream and find the argmin by hand
+    for i in range(B):  # redraw image i's n candidates from its own stream (one draw) and find the argmin by hand
         g = torch.Generator().manual_seed(7 + i)
-        cands = x_mean[i] + std[i] * torch.stack([torch.randn(SHAPE, generator=g) for _ in range(n)])
+        cands = x_mean[i] + std[i] * torch.randn((n, *SHAPE), generator=g)
         A_i = A.select([i] * n)
         delta = ((math.sqrt(step.abar_prev) * y[i] - A_i(cands - math.sqrt(1 - step.abar_prev) * eps[i]))
                  .flatten(1).norm(dim=1))
