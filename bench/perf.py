@@ -93,7 +93,7 @@ CAUSES: dict[Any, str] = {
     "diffpir": ("The data step is the operator's exact prox (CG on deblur_motion, SVD on deblur_gaussian/sr4), once "
                 "per network call (operator column)."),
     "dpps": ("Candidate selection: per step up to n_max = 50 candidates per image, each an operator forward, and "
-             "their noise drawn image by image from the per-image streams (B x n_k generator calls)."),
+             "their noise drawn per image stream (one call of n_k draws per image)."),
     "dcdp": "Data consistency: dc_steps forward + backward passes of the operator per round (no network calls).",
     "ddrm": ("The SVD is built inside the solve (fresh operator, as in the harness) and V / V^T run twice per step; "
              "with 5 steps the build is amortised over 5 network calls only."),
@@ -688,7 +688,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
         L.append("")
     else:
         L += ["**Not measured here: no GPU was available to this run.** The code path exists: "
-              "`make perf DEVICE=cuda` (needs the Makefile to pass `--device $(DEVICE)`) or "
+              "`make perf DEVICE=cuda` or "
               "`python -m bench.perf --device cuda --full` runs the 256x256 ffhq256-size network with random "
               "weights and reports, for fp32, bf16 and fp16 autocast and torch.compile (fp32 and bf16): t_fwd, t_fb, "
               "SPGD seconds per image at its Table 1 setting (T = 100, N = 5: 500 forward + 500 backward NFE, "
