@@ -79,6 +79,12 @@ def timesteps(num_steps: int, num_train_steps: int = 1000) -> list[int]:
     return sorted({round(i * stride) for i in range(num_steps)}, reverse=True)
 
 
+def grid_budget(num_steps: int, backward: bool) -> dict[str, int]:
+    """Per-image NFE of a sampler making one network call per grid step (and one VJP if `backward`)."""
+    n = len(timesteps(num_steps))
+    return {"nfe_forward": n, "nfe_backward": n if backward else 0}
+
+
 def ddpm_grid(schedule: VPSchedule, num_steps: int) -> list[DDPMStep]:
     """The ancestral steps of the `num_steps`-step grid, from the noisiest index down to 0."""
     ks = timesteps(num_steps, schedule.num_steps)

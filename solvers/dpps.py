@@ -72,8 +72,7 @@ class DPPS(Solver):
     smoke = {"num_steps": 20}
 
     def budget(self) -> dict[str, int]:
-        n = len(dd.timesteps(self.num_steps))
-        return {"nfe_forward": n, "nfe_backward": n}
+        return dd.grid_budget(self.num_steps, backward=True)
 
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
         steps = dd.ddpm_grid(self.prior.schedule, self.num_steps)

@@ -46,8 +46,7 @@ class MCG(Solver):
         return super().supports(A) and dd.has_pinv(A)
 
     def budget(self) -> dict[str, int]:
-        n = len(dd.timesteps(self.num_steps))
-        return {"nfe_forward": n, "nfe_backward": n}
+        return dd.grid_budget(self.num_steps, backward=True)
 
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
         steps = dd.ddpm_grid(self.prior.schedule, self.num_steps)

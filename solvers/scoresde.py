@@ -48,7 +48,7 @@ class ScoreSDE(Solver):
         return super().supports(A) and dd.has_pinv(A)
 
     def budget(self) -> dict[str, int]:
-        return {"nfe_forward": len(dd.timesteps(self.num_steps)), "nfe_backward": 0}
+        return dd.grid_budget(self.num_steps, backward=False)
 
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
         steps = dd.ddpm_grid(self.prior.schedule, self.num_steps)
