@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 import yaml
 
-from operators.base import Operator, randn_per_image
+from operators.base import Operator, OperatorError, randn_per_image
 from priors.base import DiffusionPrior
 
 Tensor = torch.Tensor
@@ -152,6 +152,20 @@ class Solver:
     def check_finite(x: Tensor, where: str) -> None:
         if not torch.isfinite(x).all():
             raise SolverDiverged(f"non-finite iterate at {where}")
+
+
+def initial_estimate(y: Tensor, A: Operator, image_shape: tuple[int, ...]) -> Tensor:
+    """A measurement-only starting image: A^+ y where the operator has a pseudo-inverse, else y (when it
+    has the image shape), else A^T y, else zeros (RED-Diff mu_0, DiffPIR's base of x_T)."""
+    try:
+        return A.pinv(y)
+    except (OperatorError, NotImplementedError, AttributeError):
+        pass
+    if tuple(y.shape[1:]) == tuple(image_shape):
+        return y.clone()
+    if A.is_linear:
+        return A.adjoint(y)
+    return y.new_zeros((y.shape[0], *image_shape))
 
 
 # ---------------------------------------------------------------------- configs

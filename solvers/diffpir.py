@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 
 from operators.base import Operator
-from solvers.base import RNG, Solver, SolverError
+from solvers.base import RNG, Solver, SolverError, initial_estimate
 from solvers.pnp_admm import data_prox
 
 Tensor = torch.Tensor
@@ -74,12 +74,6 @@ class DiffPIR(Solver):
     def budget(self) -> dict[str, int]:
         return {"nfe_forward": int(self.num_steps), "nfe_backward": 0}
 
-    def _initial_base(self, y: Tensor, A: Operator) -> Tensor:
-        try:
-            return A.pinv(y).clamp(-1, 1)
-        except (NotImplementedError, ValueError):  # OperatorError is a ValueError
-            return A.adjoint(y).clamp(-1, 1)
-
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
         if self.output not in ("state", "x0"):
             raise SolverError(f"diffpir: output must be 'state' or 'x0', got {self.output!r}")
@@ -89,7 +83,7 @@ class DiffPIR(Solver):
         sigma_n = diffpir_noise_level(float(A.sigma_y))
         lam, zeta, eta = float(self.lam), float(self.zeta), float(self.eta)
 
-        x = math.sqrt(abar[0]) * self._initial_base(y, A) + math.sqrt(1 - abar[0]) * rng.randn(
+        x = math.sqrt(abar[0]) * initial_estimate(y, A, self.prior.image_shape).clamp(-1, 1) + math.sqrt(1 - abar[0]) * rng.randn(
             self.prior.image_shape, like=y)
         x0 = x
         for j, k in enumerate(ks):

@@ -33,8 +33,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from operators.base import Operator, OperatorError
-from solvers.base import RNG, Solver, SolverError
+from operators.base import Operator
+from solvers.base import RNG, Solver, SolverError, initial_estimate
 
 Tensor = torch.Tensor
 
@@ -48,19 +48,6 @@ WEIGHTS: dict[str, Callable[[float], float]] = {
     "power2over3": lambda s: s ** (2 / 3),
     "const": lambda s: 1.0,
 }
-
-
-def initial_estimate(y: Tensor, A: Operator, image_shape: tuple[int, ...]) -> Tensor:
-    """mu_0: A^+ y where the operator has a pseudo-inverse, else y (same shape) or A^T y."""
-    try:
-        return A.pinv(y)
-    except (OperatorError, NotImplementedError, AttributeError):
-        pass
-    if tuple(y.shape[1:]) == tuple(image_shape):
-        return y.clone()
-    if A.is_linear:
-        return A.adjoint(y)
-    return y.new_zeros((y.shape[0], *image_shape))
 
 
 def time_grid(num_steps: int, total: int = 1000) -> list[int]:
