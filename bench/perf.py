@@ -26,23 +26,21 @@ precision on the exact Gaussian prior).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import ctypes
 import datetime
-import gc
 import os
-import statistics
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 import operators
 import solvers
+from bench.perf_clocks import (NetworkClock, OperatorClock, Timing, _malloc_setup, median_timing, peak_memory,
+                               timed)
 from priors.adm import ADMPrior, create_unet, small_config
 from priors.base import DiffusionPrior
 from solvers.base import SolverDiverged, UnsupportedTask
@@ -68,6 +66,15 @@ PERF_OVERRIDES: dict[str, dict[str, Any]] = {
     "diffpir": {"num_steps": 20}, "dcdp": {"rounds": 2, "dc_steps": 50, "ddim_steps": 10},
     "pnp_admm": {"denoiser": "prior", "iterations": 10},
 }
+#: the Table 1 size check (256x256, ffhq256-size network, batch 1 on the CPU): every case that misses the
+#: target at 64x64 is measured again with the same definitions, at fewer network calls (a 256x256 call costs
+#: ~2 s forward on 2 cores): 10 for the forward-only solvers, 5 forward + 5 backward for the backprop ones
+TABLE1_SIZE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dps": {"num_steps": 5}, "mcg": {"num_steps": 5}, "dpps": {"num_steps": 5}, "scoresde": {"num_steps": 10},
+    "reddiff": {"num_steps": 10}, "spgd": {"num_steps": 5, "warmup_steps": 1}, "ddrm": {"num_steps": 10},
+    "diffpir": {"num_steps": 10}, "dcdp": {"rounds": 1, "dc_steps": 50, "ddim_steps": 10},
+    "pnp_admm": {"denoiser": "prior", "iterations": 10},
+}
 #: one network call per solve for the memory runs (the peak is that of one differentiated call)
 MEMORY_OVERRIDES: dict[str, dict[str, Any]] = {
     "dps": {"num_steps": 1}, "mcg": {"num_steps": 1}, "dpps": {"num_steps": 2},
@@ -84,19 +91,26 @@ FFHQ256_FLAGS = small_config(image_size=256, num_channels=128, num_res_blocks=1,
 CAUSES: dict[Any, str] = {
     "deepinv": ("At equal NFE both sides make the same calls to the same network, so once both run close to the "
                 "network limit the ratio is about 1: 0.8 would need deepinv to spend 25 % of its time outside the "
-                "network. Closing it takes less work per network call for both (bf16/fp16 autocast, channels_last, "
-                "torch.compile: ADMPrior options, GPU section), not less solver overhead."),
-    "pnp_admm": ("The exact x-step is the operator's prox; on deblur_motion (no SVD) it is CG with up to "
-                 "cg_max_iter (A^T A) products of the 61x61 FFT blur per iteration, against one network call per "
-                 "iteration (see the operator column). Fix: the FFT prox as CG preconditioner / warm start, or fewer "
-                 "iterations (cg_tol)."),
-    "diffpir": ("The data step is the operator's exact prox (CG on deblur_motion, SVD on deblur_gaussian/sr4), once "
-                "per network call (operator column)."),
-    "dpps": ("Candidate selection: per step up to n_max = 50 candidates per image, each an operator forward, and "
-             "their noise drawn per image stream (one call of n_k draws per image)."),
-    "dcdp": "Data consistency: dc_steps forward + backward passes of the operator per round (no network calls).",
+                "network (its `outside` column). Closing it takes less work per network call for both (bf16/fp16 "
+                "autocast, channels_last, torch.compile: ADMPrior options, GPU section), not less solver overhead."),
+    "pnp_admm": ("The x-step is the operator's exact prox; on deblur_motion (reflect-padded, no SVD) it is batched CG "
+                 "(tol 1e-3, <= 30 iterations, warm start = the circular FFT prox), 4 FFTs of the padded grid per "
+                 "iteration, against one network call per ADMM iteration. FFT-bound (measured: ~70 % of the CG time "
+                 "is pocketfft); a circulant (FFT-prox) preconditioner was measured and does not reduce the "
+                 "iteration count at these rho, because the residual sits at the borders where the circular model is "
+                 "wrong."),
+    "diffpir": ("The data step is the operator's exact prox, once per network call: batched CG on deblur_motion "
+                "(tol 1e-3, <= 30 iterations; at DiffPIR's rho_k = 1e-7 .. 1e-1 it mostly runs all 30: 120 FFTs of "
+                "the padded grid per step), the separable SVD on deblur_gaussian. What would remove it: "
+                "`prox_method: fft`, the official DiffPIR step (2 FFTs per step, exact only for a circular blur, so "
+                "approximate near the borders of this reflect-padded measurement)."),
+    "dpps": ("Candidate selection: per step n_k (up to n_max = 50) candidates per image, each one operator forward "
+             "(2 FFTs of the padded grid for the blurs): the algorithm's own cost, not removable without changing "
+             "the selected candidate."),
+    "dcdp": ("Data consistency: dc_steps forward + backward passes of the operator per round (no network calls): the "
+             "algorithm's own cost."),
     "ddrm": ("The SVD is built inside the solve (fresh operator, as in the harness) and V / V^T run twice per step; "
-             "with 5 steps the build is amortised over 5 network calls only."),
+             "with few steps the build is amortised over few network calls only."),
     "mcg": "The projection x - A^+(A x - y_k) per step (SVD pseudo-inverse for sr4 and deblur_gaussian).",
     "scoresde": "The projection x - A^+(A x - y_k) per step (SVD pseudo-inverse for sr4 and deblur_gaussian).",
 }
@@ -135,86 +149,6 @@ def window(samples: Sequence[Timing], j: int, half: int = 2) -> list[Timing]:
 
 def images_per_second(batch: int, seconds: float) -> float:
     return batch / seconds if seconds > 0 else float("inf")
-
-
-# --------------------------------------------------------------------------- timing and memory
-@dataclass
-class Timing:
-    wall: float
-    cpu: float
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Timing, Any]:
-    """Wall and process CPU time of fn() (CUDA-synchronised on the GPU)."""
-    _sync(device)
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    _sync(device)
-    return Timing(time.perf_counter() - w0, time.process_time() - c0), out
-
-
-def median_timing(samples: Sequence[Timing]) -> Timing:
-    return Timing(statistics.median(s.wall for s in samples), statistics.median(s.cpu for s in samples))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-_LIBC = None
-
-
-def _malloc_setup() -> None:
-    """Load glibc's malloc_trim, called before each memory measurement so that memory freed by earlier runs
-    is returned to the OS and the RSS baseline holds only live data. (Forcing every allocation through mmap
-    with mallopt would make RSS exact but slows the network 10-30x through page faults: not done.)"""
-    global _LIBC
-    try:
-        _LIBC = ctypes.CDLL("libc.so.6")
-    except OSError:
-        _LIBC = None
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@contextmanager
-def peak_memory(device: torch.device, interval: float = 0.002) -> Iterator[dict[str, float]]:
-    """Peak extra memory (bytes) of the block: CUDA max_memory_allocated, or on the CPU the peak of the
-    resident set size above its value at entry, sampled every `interval` s by a thread."""
-    result: dict[str, float] = {"peak_bytes": float("nan")}
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        yield result
-        _sync(device)
-        result["peak_bytes"] = float(torch.cuda.max_memory_allocated(device) - base)
-        return
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-    base = _rss_bytes()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            stop.wait(interval)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield result
-    finally:
-        stop.set()
-        thread.join()
-        peak[0] = max(peak[0], _rss_bytes())
-        result["peak_bytes"] = float(peak[0] - base)
 
 
 # --------------------------------------------------------------------------- network and problems
@@ -312,43 +246,6 @@ class NetworkTimer:
 
 
 # --------------------------------------------------------------------------- solver runs
-class OperatorClock:
-    """Wall time spent inside an operator's public calls during a solve (outermost calls only; the
-    autograd backward through the operator is not included). Sub-operators from `select` are clocked too."""
-
-    METHODS = ("forward", "adjoint", "pinv", "prox")
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds = 0.0
-        self.calls = 0
-        self._depth = 0
-
-    def attach(self, A: operators.Operator) -> operators.Operator:
-        for name in self.METHODS:
-            A.__dict__.pop(name, None)
-            if hasattr(type(A), name):
-                setattr(A, name, self._wrap(getattr(A, name)))
-        A.__dict__.pop("select", None)
-        original_select = A.select
-        A.select = lambda idx: self.attach(original_select(idx))  # type: ignore[method-assign]
-        return A
-
-    def _wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def clocked(*args: Any, **kwargs: Any) -> Any:
-            if self._depth:
-                return fn(*args, **kwargs)
-            self._depth += 1
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _sync(self.device)
-                self.seconds += time.perf_counter() - start
-                self.calls += 1
-                self._depth -= 1
-        return clocked
-
 @dataclass
 class SolveResult:
     timing: Timing | None
@@ -359,6 +256,8 @@ class SolveResult:
     peak_bytes: float = float("nan")
     operator_s: float = float("nan")
     operator_calls: int = 0
+    network_forward_s: float = float("nan")
+    network_backward_s: float = float("nan")
 
 
 def run_solver(name: str, prior: DiffusionPrior, problem: Problem, device: torch.device,
@@ -368,23 +267,26 @@ def run_solver(name: str, prior: DiffusionPrior, problem: Problem, device: torch
     if not solver.supports(problem.A):
         return SolveResult(None, status="unsupported")
     gens = problem.generators()
-    clock = OperatorClock(device)
+    clock, net = OperatorClock(device), NetworkClock(device)
     if clock_operator:
         clock.attach(problem.A)
     mem: dict[str, float] = {"peak_bytes": float("nan")}
     try:
-        if measure_memory:
-            with peak_memory(device) as mem:
+        with net.attached(prior) if clock_operator else contextlib.nullcontext():
+            if measure_memory:
+                with peak_memory(device) as mem:
+                    timing, _ = timed(lambda: solver.solve(problem.y, problem.A, gens), device)
+            else:
                 timing, _ = timed(lambda: solver.solve(problem.y, problem.A, gens), device)
-        else:
-            timing, _ = timed(lambda: solver.solve(problem.y, problem.A, gens), device)
     except UnsupportedTask:
         return SolveResult(None, status="unsupported")
     except SolverDiverged as err:
         return SolveResult(None, status=f"diverged ({err})")
+    nan = float("nan")
     return SolveResult(timing, prior.nfe.forward, prior.nfe.backward, solver.budget(),
-                       peak_bytes=mem["peak_bytes"], operator_s=clock.seconds if clock_operator else float("nan"),
-                       operator_calls=clock.calls)
+                       peak_bytes=mem["peak_bytes"], operator_s=clock.seconds if clock_operator else nan,
+                       operator_calls=clock.calls, network_forward_s=net.forward_s if clock_operator else nan,
+                       network_backward_s=net.backward_s if clock_operator else nan)
 
 
 def overhead_row(name: str, task: str, batch: int, timer: NetworkTimer, runs: list[SolveResult]) -> dict[str, Any]:
@@ -396,6 +298,8 @@ def overhead_row(name: str, task: str, batch: int, timer: NetworkTimer, runs: li
     r0 = ok[0]
     calls_f, calls_b = r0.nfe_forward / batch, r0.nfe_backward / batch  # batched network calls
     t = median_timing([r.timing for r in ok])  # type: ignore[misc]
+    typical = sorted(ok, key=lambda r: r.timing.wall)[(len(ok) - 1) // 2]  # type: ignore[union-attr]  # the median run
+    in_net = typical.network_forward_s + typical.network_backward_s
     lim_w = network_limit(calls_f, calls_b, timer.t_fwd.wall, timer.t_vjp.wall)
     lim_c = network_limit(calls_f, calls_b, timer.t_fwd.cpu, timer.t_vjp.cpu)
     budget_ok = (r0.budget.get("nfe_forward"), r0.budget.get("nfe_backward")) == (calls_f, calls_b)
@@ -403,31 +307,35 @@ def overhead_row(name: str, task: str, batch: int, timer: NetworkTimer, runs: li
                t_fwd_s=timer.t_fwd.wall, t_vjp_s=timer.t_vjp.wall, t_fb_s=timer.t_fb.wall,
                limit_s=lim_w, wall_s=t.wall, ratio_wall=overhead_ratio(t.wall, lim_w),
                limit_cpu_s=lim_c, cpu_s=t.cpu, ratio_cpu=overhead_ratio(t.cpu, lim_c), runs=len(ok),
-               operator_s=statistics.median(r.operator_s for r in ok), operator_calls=r0.operator_calls)
+               operator_s=typical.operator_s, operator_calls=r0.operator_calls,
+               network_forward_s=typical.network_forward_s, network_backward_s=typical.network_backward_s,
+               outside_s=typical.timing.wall - in_net, ratio_in_solve=overhead_ratio(typical.timing.wall, in_net),
+               network_slowdown=overhead_ratio(in_net, lim_w))
     return row
 
 
-def overhead_table(prior: DiffusionPrior, names: Sequence[str], tasks: Sequence[str], batch: int,
-                   size: int, device: torch.device, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Per (solver, task): solves interleaved with network samples (one forward, one forward+VJP after each
-    solve) in this process; the limit of a solve uses the samples taken just before and after it (`window`)."""
+def overhead_table(prior: DiffusionPrior, cases: Sequence[tuple[str, str]], batch: int, size: int,
+                   device: torch.device, rounds: int, log: Callable[[str], None],
+                   overrides: Callable[[str], dict[str, Any]] = perf_overrides,
+                   section: str = "overhead") -> list[dict[str, Any]]:
+    """Per (solver, task) case: solves interleaved with network samples (one forward, one forward+VJP after
+    each solve) in this process; the limit of a solve uses the samples taken just before and after it (`window`)."""
     timer = NetworkTimer(prior, batch, device)
     timer.sample(1)
     done: list[tuple[str, str, list[SolveResult], list[int]]] = []
-    for task in tasks:
-        for name in names:
-            runs: list[SolveResult] = []
-            positions: list[int] = []
-            for _ in range(rounds):
-                res = run_solver(name, prior, make_problem(task, batch, size, device), device, perf_overrides(name))
-                runs.append(res)
-                if res.timing is None:
-                    break
-                positions.append(len(timer.fwd) - 1)
-                timer.sample(1)
-            done.append((name, task, runs, positions))
-            log(f"{name:9s} {task:16s} {runs[-1].status} "
-                f"{'' if runs[-1].timing is None else f'{runs[-1].timing.wall:.2f}s'}")
+    for name, task in cases:
+        runs: list[SolveResult] = []
+        positions: list[int] = []
+        for _ in range(rounds):
+            res = run_solver(name, prior, make_problem(task, batch, size, device), device, overrides(name))
+            runs.append(res)
+            if res.timing is None:
+                break
+            positions.append(len(timer.fwd) - 1)
+            timer.sample(1)
+        done.append((name, task, runs, positions))
+        log(f"{name:9s} {task:16s} {runs[-1].status} "
+            f"{'' if runs[-1].timing is None else f'{runs[-1].timing.wall:.2f}s'}")
     timer.sample(1)
     rows = []
     for name, task, runs, positions in done:
@@ -435,12 +343,33 @@ def overhead_table(prior: DiffusionPrior, names: Sequence[str], tasks: Sequence[
         view.fwd = [t for j in positions for t in window(timer.fwd, j)]
         view.fb = [t for j in positions for t in window(timer.fb, j)]
         row = overhead_row(name, task, batch, view, runs)
+        row["section"] = section
         rows.append(row)
         if row["status"] == "ok":
             log(f"{name:9s} {task:16s} NFE {row['nfe_forward']}/{row['nfe_backward']}  "
                 f"wall {row['wall_s']:.2f}s limit {row['limit_s']:.2f}s ratio {row['ratio_wall']:.3f} "
                 f"(cpu ratio {row['ratio_cpu']:.3f}) operator {row['operator_s']:.2f}s/{row['operator_calls']} calls")
     return rows
+
+
+def misses(rows: list[dict[str, Any]], target: float = 1.10) -> list[tuple[str, str]]:
+    """(solver, task) of the overhead rows above the target on both the wall and the CPU-time ratio."""
+    return [(r["solver"], r["task"]) for r in rows if r["section"] == "overhead" and r.get("status") == "ok"
+            and min(r["ratio_wall"], r["ratio_cpu"]) > target]
+
+
+def table1_size_check(cases: Sequence[tuple[str, str]], device: torch.device, rounds: int,
+                      log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The cases that missed at the reduced size, again at 256x256 with the ffhq256-size network (batch 1):
+    the overhead a Table 1 run on this machine actually pays."""
+    if not cases:
+        return []
+    prior = build_prior(256, 0, device, full=True)
+    warm = NetworkTimer(prior, 1, device)
+    warm.sample(1)
+    log(f"Table 1 size check: {len(cases)} cases; t_fwd {warm.t_fwd.wall:.2f}s t_fb {warm.t_fb.wall:.2f}s at batch 1")
+    return overhead_table(prior, cases, 1, 256, device, rounds, log,
+                          overrides=lambda name: perf_overrides(name, TABLE1_SIZE_OVERRIDES), section="table1_size")
 
 
 def scaling_table(prior: DiffusionPrior, names: Sequence[str], task: str, batches: Sequence[int], size: int,
@@ -587,6 +516,24 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w.writerows(rows)
 
 
+def overhead_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The overhead table (sections 1 and 1b) as markdown lines."""
+    L = ["| solver | task | NFE fwd/bwd | budget ok | t_fwd (s) | t_vjp (s) | limit (s) | wall (s) | in network (s) | outside (s) | operator (s) | ratio (wall) | ratio (CPU) | ratio in solve | target |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] != "ok":
+            L.append(f"| {r['solver']} | {r['task']} |" + " - |" * 12 + f" {r['status']} |")
+            continue
+        met = "met" if r["ratio_wall"] <= 1.10 else ("met (CPU time)" if r["ratio_cpu"] <= 1.10 else "**missed**")
+        L.append(f"| {r['solver']} | {r['task']} | {r['nfe_forward']}/{r['nfe_backward']} | "
+                 f"{'yes' if r['budget_matches'] else 'NO'} | {_f(r['t_fwd_s'])} | {_f(r['t_vjp_s'])} | "
+                 f"{_f(r['limit_s'], 2)} | {_f(r['wall_s'], 2)} | "
+                 f"{_f(r['network_forward_s'] + r['network_backward_s'], 2)} | {_f(r['outside_s'], 2)} | "
+                 f"{_f(r['operator_s'], 2)} | {_f(r['ratio_wall'])} | {_f(r['ratio_cpu'])} | "
+                 f"{_f(r['ratio_in_solve'])} | {met} |")
+    return L + [""]
+
+
 def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     L: list[str] = ["# Solver performance: overhead over the network-bound limit", ""]
     L += [f"Generated by `python -m bench.perf` (one run, {meta['date']}, {meta['duration_min']:.1f} min). "
@@ -600,26 +547,28 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
     L += ["Definitions: t_fwd = one network forward without autograd; t_fb = forward with autograd + one VJP to "
           "the input; t_vjp = t_fb - t_fwd; limit = NFE_fwd t_fwd + NFE_bwd t_vjp with the NFE counted by the "
           "prior during the solve (per batched call; `budget ok` = equal to the solver's documented budget); "
-          "ratio = solver time / limit. Wall times are medians; the CPU-time ratio (process CPU seconds of the "
-          "solve over those of the network calls) is insensitive to other jobs sharing the cores.", ""]
+          "ratio = solver time / limit. Times are medians of the rounds (solves) and of the network samples taken "
+          "around them; the CPU-time ratio (process CPU seconds of the solve over those of the network calls) is a second, "
+          "load-insensitive estimate. `in network` is the time the solve itself spent inside the network (forward "
+          "calls and the backward passes through them, clocked by hooks, bench/perf_clocks.py), `outside` = wall - "
+          "in network: the solver's own work, measured rather than inferred; `operator` is the part of it spent "
+          "in the operator's calls. `ratio in solve` = wall / in network: the solver's own overhead, immune to the "
+          "machine's drift between the solve and the separate network samples (this machine is a shared VM whose "
+          "speed varies by 10-30 % within minutes). Where the two ratios differ, the network itself ran slower "
+          "inside the solve than in the samples around it (`Misses and causes` gives the factor).", ""]
     L += [f"Machine load (1-min load average, {meta['cores']} cores): start {meta['load_start']}, "
           f"end {meta['load_end']}. A load above the core count means other processes shared the CPU and every "
           "wall time is inflated (the CPU-time ratio is the robust figure then).", ""]
     ov = [r for r in rows if r["section"] == "overhead"]
     if ov:
-        L += [f"## 1. Overhead ratio (batch {ov[0]['batch']}, target <= 1.10)", "",
-              "| solver | task | NFE fwd/bwd | budget ok | t_fwd (s) | t_vjp (s) | limit (s) | wall (s) | operator calls (s) | ratio (wall) | ratio (CPU) | target |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in ov:
-            if r["status"] != "ok":
-                L.append(f"| {r['solver']} | {r['task']} | - | - | - | - | - | - | - | - | - | {r['status']} |")
-                continue
-            met = "met" if r["ratio_wall"] <= 1.10 else ("met (CPU time)" if r["ratio_cpu"] <= 1.10 else "**missed**")
-            L.append(f"| {r['solver']} | {r['task']} | {r['nfe_forward']}/{r['nfe_backward']} | "
-                     f"{'yes' if r['budget_matches'] else 'NO'} | {_f(r['t_fwd_s'])} | {_f(r['t_vjp_s'])} | "
-                     f"{_f(r['limit_s'], 2)} | {_f(r['wall_s'], 2)} | {_f(r['operator_s'], 2)} | {_f(r['ratio_wall'])} | "
-                     f"{_f(r['ratio_cpu'])} | {met} |")
-        L.append("")
+        L += [f"## 1. Overhead ratio (batch {ov[0]['batch']}, target <= 1.10)", ""] + overhead_lines(ov)
+    big = [r for r in rows if r["section"] == "table1_size"]
+    if big:
+        L += ["## 1b. The misses of section 1 at Table 1 size (256x256, ffhq256-size network, batch 1)", "",
+              "Same definitions; `TABLE1_SIZE_OVERRIDES` step counts (10 network calls for the forward-only solvers, "
+              "5 + 5 for the backprop ones). This is the overhead a Table 1 run pays on this machine: the solver's "
+              "own work (operators, CG, candidates) grows with the pixel count, the network's with pixels times "
+              "width.", ""] + overhead_lines(big)
     sc = [r for r in rows if r["section"] == "scaling"]
     if sc:
         batches = sorted({r["batch"] for r in sc})
@@ -662,15 +611,16 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
         L += [di[0].get("setup", ""), "",
               "`limit` is the network-bound time of these NFE (same definition as section 1, sampled between the runs); "
               "`limit/deepinv` is the smallest ours/deepinv any implementation of the same NFE on this network can reach.", "",
-              "| sampler | task | NFE ours (fwd/bwd) | NFE deepinv (fwd/bwd) | ours (s) | deepinv (s) | limit (s) | ours/limit | deepinv/limit | ours/deepinv | limit/deepinv | target <= 0.8 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| sampler | task | NFE ours (fwd/bwd) | NFE deepinv (fwd/bwd) | ours (s) | deepinv (s) | in network ours / deepinv (s) | outside ours / deepinv (s) | limit (s) | ours/limit | deepinv/limit | ours/deepinv | limit/deepinv | target <= 0.8 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in di:
             if r["status"] != "ok":
-                L.append(f"| {r['solver']} | {r.get('task', '')} | | | | | | {r['status']} |")
+                L.append(f"| {r['solver']} | {r.get('task', '')} |" + " |" * 11 + f" {r['status']} |")
                 continue
             met = "met" if r["ratio"] <= 0.8 else "**missed**"
             L.append(f"| {r['solver']} | {r['task']} | {r['nfe_ours']} | {r['nfe_deepinv']} | {r['ours_s']:.2f} | "
-                     f"{r['deepinv_s']:.2f} | {r['limit_s']:.2f} | {r['ours_over_limit']:.3f} | "
+                     f"{r['deepinv_s']:.2f} | {r['ours_network_s']:.2f} / {r['deepinv_network_s']:.2f} | "
+                     f"{r['ours_outside_s']:.2f} / {r['deepinv_outside_s']:.2f} | {r['limit_s']:.2f} | {r['ours_over_limit']:.3f} | "
                      f"{r['deepinv_over_limit']:.3f} | {r['ratio']:.3f} | {r['best_possible_ratio']:.3f} | {met} |")
         L.append("")
     else:
@@ -709,11 +659,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=32, help="num_channels of the reduced ADM (CPU)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--batches", default="1,4,16")
-    p.add_argument("--rounds", type=int, default=2, help="solves per (solver, task) in the overhead table")
+    p.add_argument("--rounds", type=int, default=3, help="solves per (solver, task) in the overhead table")
     p.add_argument("--net-repeats", type=int, default=3, help="network timings per batch size in the scaling table")
     p.add_argument("--solvers", default=",".join(sorted(solvers.available())))
     p.add_argument("--tasks", default=",".join(TABLE1_TASKS))
-    p.add_argument("--skip", default="", help="comma list of sections to skip: overhead,scaling,checkpointing,deepinv,gpu")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: overhead,table1size,scaling,checkpointing,deepinv,gpu")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
     args = p.parse_args(argv)
 
@@ -739,7 +689,10 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {}
     if "overhead" not in skip:
-        rows += overhead_table(prior, names, tasks, args.batch, size, device, args.rounds, log)
+        rows += overhead_table(prior, [(n, t) for t in tasks for n in names], args.batch, size, device,
+                               args.rounds, log)
+        if "table1size" not in skip and not args.full:
+            rows += table1_size_check(misses(rows), device, 1, log)
     if "scaling" not in skip:
         rows += scaling_table(prior, [n for n in SCALING_SOLVERS if n in names], "inpaint_random", batches, size,
                               device, args.net_repeats, log)
@@ -778,21 +731,33 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def analysis_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """'Misses and causes': every missed target with its numbers and the known cause / fix."""
+    """'Misses and causes': every missed target with its numbers, the measured split of the time outside the
+    network, the same case at Table 1 size when it was measured, and the known cause."""
     L = ["## Misses and causes", ""]
+    big = {(r["solver"], r["task"]): r for r in rows if r["section"] == "table1_size" and r.get("status") == "ok"}
     for r in rows:
-        if r["section"] == "overhead" and r.get("status") == "ok" and min(r["ratio_wall"], r["ratio_cpu"]) > 1.10:
-            extra = r["wall_s"] - r["limit_s"]
+        if misses([r]):
             calls = max(r["nfe_forward"], 1)
-            L.append(f"- {r['solver']} / {r['task']}: ratio {r['ratio_wall']:.2f} (CPU {r['ratio_cpu']:.2f}); "
-                     f"{extra:.2f} s outside the network = {1000 * extra / calls:.0f} ms per network call "
-                     f"(operator calls {r.get('operator_s', float('nan')):.2f} s). "
-                     f"{CAUSES.get(r['solver'], CAUSES.get((r['solver'], r['task']), ''))}")
+            line = (f"- {r['solver']} / {r['task']}: ratio {r['ratio_wall']:.2f} (CPU {r['ratio_cpu']:.2f}, in solve "
+                    f"{r['ratio_in_solve']:.2f}); {r['outside_s']:.2f} s outside the network = "
+                    f"{1000 * r['outside_s'] / calls:.0f} ms per network call, {r['operator_s']:.2f} s of it in "
+                    f"operator calls.")
+            if r["ratio_in_solve"] <= 1.10:
+                line += (f" The solver's own work is within the target (in solve {r['ratio_in_solve']:.2f}); the network "
+                         f"calls inside the solve took {r['network_slowdown']:.2f}x the samples around it (machine drift).")
+            b = big.get((r["solver"], r["task"]))
+            if b is not None:
+                line += (f" At Table 1 size (section 1b) the ratio is {b['ratio_wall']:.2f} (CPU {b['ratio_cpu']:.2f}, "
+                         f"in solve {b['ratio_in_solve']:.2f}): "
+                         + ("within the target." if min(b["ratio_wall"], b["ratio_cpu"]) <= 1.10 else "still above it."))
+            if r["ratio_in_solve"] > 1.10:  # the solver's own work is above the target: its known cause
+                line += f" {CAUSES.get(r['solver'], '')}"
+            L.append(line)
         if r["section"] == "deepinv" and r.get("status") == "ok" and r["ratio"] > 0.8:
             L.append(f"- {r['solver']} vs DeepInverse on {r['task']}: ours/deepinv {r['ratio']:.3f} > 0.8. Ours runs at "
-                     f"{r['ours_over_limit']:.2f}x its network limit, deepinv at {r['deepinv_over_limit']:.2f}x, so the "
-                     f"best ratio reachable at equal NFE on this network is {r['best_possible_ratio']:.2f}. "
-                     f"{CAUSES.get('deepinv', '')}")
+                     f"{r['ours_over_limit']:.2f}x its network limit, deepinv at {r['deepinv_over_limit']:.2f}x; "
+                     f"outside the network ours spends {r['ours_outside_s']:.2f} s, deepinv {r['deepinv_outside_s']:.2f} s "
+                     f"(of {r['ours_s']:.2f} / {r['deepinv_s']:.2f} s). {CAUSES['deepinv']}")
     if len(L) == 2:
         L.append("Every target was met in this run.")
     return L + [""]

@@ -47,6 +47,26 @@ from operators.separable import DDRM_ZERO, SeparableOperator
 SCIPY_FFT_ON_CPU = True  # scipy.fft (workers = torch threads) is about twice as fast as torch.fft on CPU
 
 
+def _on_scipy(t: Tensor) -> bool:
+    """scipy.fft for CPU tensors outside autograd: faster, and each image's transform is bit-identical whatever
+    the batch size (a batched torch.fft may round differently), which keeps solvers batch-independent."""
+    return t.device.type == "cpu" and SCIPY_FFT_ON_CPU and not (t.requires_grad and torch.is_grad_enabled())
+
+
+def rfft2(t: Tensor, s: tuple[int, int] | None = None) -> Tensor:
+    """Real 2-D FFT over the last two axes, zero-padded to `s` (scipy on CPU, see `_on_scipy`)."""
+    if _on_scipy(t):
+        return torch.from_numpy(scipy.fft.rfft2(t.detach().numpy(), s=s, workers=max(1, torch.get_num_threads())))
+    return torch.fft.rfft2(t, s=s)
+
+
+def irfft2(f: Tensor, s: tuple[int, int]) -> Tensor:
+    """Inverse of `rfft2` onto the real grid `s`."""
+    if _on_scipy(f):
+        return torch.from_numpy(scipy.fft.irfft2(f.detach().numpy(), s=s, workers=max(1, torch.get_num_threads())))
+    return torch.fft.irfft2(f, s=s)
+
+
 def _fft_size(n: int) -> int:
     """Smallest 2^a 3^b 5^c >= n (fast FFT length)."""
     m = n
@@ -175,13 +195,9 @@ class KernelBlur(LinearOperator):
     def _filter(self, t: Tensor, conj: bool) -> Tensor:
         """irfft2(rfft2(t) * K) on the padded FFT grid (K conjugated for correlation)."""
         grid = self._grid()
-        spec = self._spectrum(t, conj)
-        if t.device.type == "cpu" and SCIPY_FFT_ON_CPU:
-            workers = max(1, torch.get_num_threads())
-            freq = scipy.fft.rfft2(t.detach().numpy(), s=grid, workers=workers)  # (no-op padding if t is on the grid)
-            freq *= spec.numpy()
-            return torch.from_numpy(scipy.fft.irfft2(freq, s=grid, workers=workers))
-        return torch.fft.irfft2(torch.fft.rfft2(t, s=grid) * spec, s=grid)
+        freq = rfft2(t.detach(), s=grid)  # (inside the autograd Functions: no graph; no-op padding on the grid)
+        freq *= self._spectrum(t, conj)
+        return irfft2(freq, s=grid)
 
     def _correlate(self, x: Tensor) -> Tensor:
         _, h, w = self.image_shape
@@ -205,17 +221,12 @@ class KernelBlur(LinearOperator):
 
     # --- circular model (the "fft" prox) -----------------------------------------------------------
     def _otf(self, like: Tensor) -> Tensor:
-        """DFT of the kernel centred at the origin and wrapped onto H x W, (P, 1, H, W//2+1)."""
+        """DFT of the kernel centred at the origin and wrapped onto H x W, (P, 1, H, W//2+1), in `like`'s
+        complex dtype: `_otf_float64` rounded once, so every image's OTF is the same whatever the batch."""
         key = ("otf", like.dtype, like.device)
         if key not in self._cache:
-            _, h, w = self.image_shape
-            k = self.param("kernel", like)
-            size = k.shape[-1]
-            idx_h = (torch.arange(size, device=like.device) - size // 2) % h
-            idx_w = (torch.arange(size, device=like.device) - size // 2) % w
-            wrapped = torch.zeros(k.shape[0], h, size, dtype=like.dtype, device=like.device).index_add_(1, idx_h, k)
-            wrapped = torch.zeros(k.shape[0], h, w, dtype=like.dtype, device=like.device).index_add_(2, idx_w, wrapped)
-            self._cache[key] = torch.fft.rfft2(wrapped)[:, None]
+            complex_dtype = torch.complex128 if like.dtype == torch.float64 else torch.complex64
+            self._cache[key] = torch.from_numpy(self._otf_float64()).to(device=like.device, dtype=complex_dtype)
         return self._cache[key]
 
     def _otf_float64(self) -> np.ndarray:
@@ -234,11 +245,11 @@ class KernelBlur(LinearOperator):
     def forward_circular(self, x: Tensor) -> Tensor:
         """The circular approximation: correlation with periodic boundary (what the "fft" prox inverts)."""
         self.check_input(x)
-        return torch.fft.irfft2(torch.fft.rfft2(x) * self._otf(x).conj(), s=x.shape[-2:])
+        return irfft2(rfft2(x) * self._otf(x).conj(), s=x.shape[-2:])
 
     def adjoint_circular(self, y: Tensor) -> Tensor:
         self.check_input(y)
-        return torch.fft.irfft2(torch.fft.rfft2(y) * self._otf(y), s=y.shape[-2:])
+        return irfft2(rfft2(y) * self._otf(y), s=y.shape[-2:])
 
     def pinv_circular(self, y: Tensor, threshold: float) -> Tensor:
         """Truncated-spectrum pseudo-inverse of the circular model: F^-1[M / conj(O) F y].
@@ -253,21 +264,17 @@ class KernelBlur(LinearOperator):
             otf = self._otf_float64()
             keep = np.abs(otf) >= threshold
             inv = np.where(keep, 1 / np.where(keep, otf.conj(), 1), 0)
-            self._cache[key] = torch.from_numpy(inv).to(device=y.device, dtype=torch.fft.rfft2(y[:1, :1]).dtype)
-        inv = self._cache[key]
-        if y.device.type == "cpu" and SCIPY_FFT_ON_CPU:  # per-image bit-identical whatever the batch
-            workers = max(1, torch.get_num_threads())
-            freq = scipy.fft.rfft2(y.detach().numpy(), workers=workers) * inv.numpy()
-            return torch.from_numpy(scipy.fft.irfft2(freq, s=y.shape[-2:], workers=workers)).to(y.dtype)
-        return torch.fft.irfft2(torch.fft.rfft2(y) * inv, s=y.shape[-2:])
+            complex_dtype = torch.complex128 if y.dtype == torch.float64 else torch.complex64
+            self._cache[key] = torch.from_numpy(inv).to(device=y.device, dtype=complex_dtype)
+        return irfft2(rfft2(y) * self._cache[key], s=y.shape[-2:]).to(y.dtype)
 
     def prox_fft(self, z: Tensor, y: Tensor, rho: float | Tensor) -> Tensor:
         """Closed-form prox of the circular model: F^-1[(O Y + rho Z) / (|O|^2 + rho)]."""
         self.check_input(z)
         otf = self._otf(z)
         r = expand_per_image(rho, z)
-        num = otf * torch.fft.rfft2(y) + r * torch.fft.rfft2(z)
-        return torch.fft.irfft2(num / (otf.abs() ** 2 + r), s=z.shape[-2:])
+        num = otf * rfft2(y) + r * rfft2(z)
+        return irfft2(num / (otf.abs() ** 2 + r), s=z.shape[-2:])
 
     def prox(self, z: Tensor, y: Tensor, rho: float | Tensor, method: str | None = None, **kwargs: Any) -> Tensor:
         """argmin ||y - A x||^2 + rho ||x - z||^2; method "fft" (circular approximation) or "cg" (exact)."""

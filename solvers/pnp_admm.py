@@ -46,15 +46,15 @@ def data_prox(A: Operator, z: Tensor, y: Tensor, rho: float, method: str | None 
               cg_tol: float = 1e-3, cg_max_iter: int = 30) -> Tensor:
     """argmin_x ||y - A x||^2 + rho ||x - z||^2 by the operator's prox (method None: the operator's default;
     "svd" / "cg" for the exact prox of the reflect-padded blurs, "fft" for their circular approximation).
-    CG (the operator picks the warm start, the circular FFT solution for the blurs) stops at relative
-    residual cg_tol or after cg_max_iter iterations. It runs image by image (A.select([i])): at DiffPIR's
-    early rho (~1e-7) the system is so ill-conditioned that CG amplifies the batch-size-dependent rounding
-    of batched FFTs to ~1e-2, and a result must not depend on the rest of the batch."""
+    CG (the operator picks the warm start, the circular FFT solution for the blurs) runs on the whole batch
+    with per-image step sizes and stopping (operators/linalg.py), at relative residual cg_tol or after
+    cg_max_iter iterations. At DiffPIR's early rho (~1e-7) the system is so ill-conditioned that CG would
+    amplify any batch-size-dependent rounding to ~1e-2, so the blur operators make every image's FFTs and
+    OTF bit-identical whatever the batch (operators/blur.py `rfft2`, `_otf`)."""
     if method is None:
         return A.prox(z, y, rho)
     if method == "cg":
-        return torch.cat([A.select([i]).prox(z[i:i + 1], y[i:i + 1], rho, method="cg", tol=cg_tol,
-                                             max_iter=cg_max_iter) for i in range(z.shape[0])])
+        return A.prox(z, y, rho, method="cg", tol=cg_tol, max_iter=cg_max_iter)
     return A.prox(z, y, rho, method=method)
 
 

@@ -224,3 +224,22 @@ def test_nonlinear_blur_errors(weights, tmp_path):
                                              rf"{names[0]}.* and {len(names) - 4} more; unexpected keys: extra.weight; "
                                              r"wrong shapes: recon_trunk.28.weight \(3, 32, 3, 3\) != \(3, 64, 3, 3\)")):
         nonlinear(tmp_path / "bad.pth")
+
+
+def test_motion_circular_model_and_cg_prox_are_bit_identical_alone_and_in_a_batch():
+    # 32x32 with a 61-tap kernel: the kernel wraps onto the image several times, so a batched scatter or a
+    # batched FFT that rounds differently would show; at rho ~ 1e-7 CG amplifies any such difference to ~1e-2
+    A = motion(seeds=(0, 1, 2, 3))
+    x, y = rand(4, *SHAPE, seed=12).float(), rand(4, *SHAPE, seed=13).float()
+    alone = A.select([2])
+    assert torch.equal(A._otf(x)[2:3], alone._otf(x))
+    assert torch.equal(A.forward_circular(x)[2:3], alone.forward_circular(x[2:3]))
+    assert torch.equal(A.prox_fft(x, y, 1e-3)[2:3], alone.prox_fft(x[2:3], y[2:3], 1e-3))
+    for rho in (1e-7, 1e-2):
+        batch = A.prox(x, y, rho, method="cg", tol=1e-3, max_iter=30)
+        assert torch.equal(batch[2:3], alone.prox(x[2:3], y[2:3], rho, method="cg", tol=1e-3, max_iter=30))
+    # and the batched CG solves the exact prox of the reflect-padded operator (normal equations)
+    rho = 0.5
+    sol = A.prox(x.double(), y.double(), rho, method="cg", tol=1e-10, max_iter=500)
+    lhs = A.adjoint(A.forward(sol)) + rho * sol
+    torch.testing.assert_close(lhs, A.adjoint(y.double()) + rho * x.double(), rtol=0, atol=1e-7)

@@ -88,3 +88,34 @@ def test_deepinv_wrapper_is_our_denoiser_on_the_unit_range():
     # deepinv's step counts are sized by counted calls: DPS(S steps) makes S - 1 forward and backward calls
     assert perf_deepinv.deepinv_nfe("dps", 9) == (8, 8)
     assert perf_deepinv.matching_steps("ddrm", 5) == 5
+
+
+def test_misses_are_the_overhead_rows_above_target_on_both_clocks():
+    rows = [{"section": "overhead", "status": "ok", "solver": "a", "task": "t", "ratio_wall": 1.2, "ratio_cpu": 1.05},
+            {"section": "overhead", "status": "ok", "solver": "b", "task": "t", "ratio_wall": 1.3, "ratio_cpu": 1.2},
+            {"section": "overhead", "status": "unsupported", "solver": "c", "task": "t"},
+            {"section": "table1_size", "status": "ok", "solver": "d", "task": "t", "ratio_wall": 2, "ratio_cpu": 2}]
+    assert perf.misses(rows) == [("b", "t")]  # a meets the target on CPU time; only section 1 counts
+
+
+def test_network_clock_splits_forward_and_backward_and_restores_the_prior():
+    from bench.perf_clocks import NetworkClock
+
+    prior = GaussianPrior(image_shape=(3, 8, 8))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    reference = prior.eps(x, 300)
+    clock = NetworkClock(torch.device("cpu"))
+    with clock.attached(prior):
+        assert torch.equal(prior.eps(x, 300), reference)  # the clock does not change results
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(prior.eps(xg, 300).square().sum(), xg)
+    assert clock.calls == 2 and clock.forward_s > 0 and clock.backward_s > 0
+    assert clock.seconds == clock.forward_s + clock.backward_s
+    assert "_model" not in prior.__dict__  # the class method is back
+    xg = x.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(prior.eps(xg, 300).square().sum(), xg)
+    assert torch.equal(g, g_ref)
+    before = clock.backward_s
+    with clock.attached(prior):
+        prior.eps(x, 300)  # no autograd: no backward is watched
+    assert clock.backward_s == before
