@@ -12,16 +12,17 @@ overhead. For every solver and Table 1 task this measures, in ONE process, inter
   is robust to other jobs sharing the cores.
 
 Then batch scaling (images/s at batch 1, 4, 16), peak memory at the largest batch with and without
-activation checkpointing (ADMPrior `checkpointing`) for the backprop solvers, and the side-by-side
-against DeepInverse (bench/perf_deepinv.py, optional `perf` extra). Results: results/perf.md, .csv.
+activation checkpointing (ADMPrior `checkpointing`) for the backprop solvers, the side-by-side
+against DeepInverse (bench/perf_deepinv.py, optional `perf` extra), and the PSNR cost of bf16/fp16 network
+precision on the exact Gaussian prior (bench/perf_precision.py). Results: results/perf.md, .csv.
+Every case that misses the overhead target is measured again at Table 1 size (256x256).
 
 Network: the real ADM architecture (priors/adm.py, the ffhq256 flag family: learned sigma, scale-shift
 norm, resblock up/down) with random weights (zero-initialised output layers re-initialised so every
 path carries signal). On the CPU a reduced-width 64x64 member (`--width`, default 32 channels) so the
 whole benchmark takes minutes; solvers run their `smoke` step counts (same algorithm, fewer steps;
 the ratio is per network call). `--device cuda --full` runs the 256x256 ffhq256-size network and the
-GPU figures (fp32 vs bf16/fp16 vs torch.compile, SPGD s/img at 500 NFE, PSNR change from reduced
-precision on the exact Gaussian prior).
+GPU figures (fp32 vs bf16/fp16 vs torch.compile, SPGD s/img at 500 NFE).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import operators
 import solvers
 from bench.perf_clocks import (NetworkClock, OperatorClock, Timing, _malloc_setup, median_timing, peak_memory,
                                timed)
+from bench.perf_precision import precision_table
 from priors.adm import ADMPrior, create_unet, small_config
 from priors.base import DiffusionPrior
 from solvers.base import SolverDiverged, UnsupportedTask
@@ -436,10 +438,8 @@ GPU_VARIANTS: list[tuple[str, dict[str, Any]]] = [
 
 def gpu_figures(device: torch.device, full: bool, log: Callable[[str], None],
                 variants: Sequence[tuple[str, dict[str, Any]]] = tuple(GPU_VARIANTS)) -> list[dict[str, Any]]:
-    """fp32 vs bf16/fp16 autocast vs torch.compile (network and SPGD at 500 NFE, s/img), and the PSNR change
-    from reduced precision on the exact Gaussian prior. Only meaningful on a GPU."""
-    from priors.gaussian import GaussianPrior
-
+    """fp32 vs bf16/fp16 autocast vs torch.compile (network and SPGD at 500 NFE, s/img). Only meaningful on a
+    GPU; the PSNR cost of reduced precision is measured on every device (bench/perf_precision.py)."""
     rows: list[dict[str, Any]] = []
     size = 256 if full else 64
     batch = 4
@@ -463,24 +463,6 @@ def gpu_figures(device: torch.device, full: bool, log: Callable[[str], None],
             log(f"gpu {label}: {row}")
         except Exception as err:  # noqa: BLE001  (a variant the GPU does not support is reported, not fatal)
             rows.append({"section": "gpu", "variant": label, "status": f"failed: {type(err).__name__}: {err}"})
-    # PSNR change from reduced precision: SPGD on the exact Gaussian prior, fp32 vs autocast
-    gprior = GaussianPrior(image_shape=(3, 64, 64)).to(device)
-    gen = [torch.Generator().manual_seed(s) for s in range(batch)]
-    x = gprior.sample(batch, gen).to(device)
-    A = operators.get("inpaint_random", image_shape=(3, 64, 64), seeds=list(range(batch)), sigma_y=SIGMA_Y)
-    y = A.measure(x, [torch.Generator().manual_seed(s) for s in range(batch)])
-    psnr = {}
-    for label, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        solver = solvers.get("spgd", gprior, task="inpaint_random")
-        gens = [torch.Generator().manual_seed(100 + s) for s in range(batch)]
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
-        with ctx:
-            xh = solver.solve(y, A, gens).float()
-        mse = ((xh - x) ** 2).flatten(1).mean(1)
-        psnr[label] = float((10 * torch.log10(4.0 / mse)).mean())
-    for label, value in psnr.items():
-        rows.append({"section": "gpu_psnr", "variant": label, "status": "ok", "psnr_db": value,
-                     "delta_db": value - psnr["fp32"]})
     return rows
 
 
@@ -625,16 +607,14 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
         L.append("")
     else:
         L += [meta.get("deepinv_note", "not run"), ""]
-    gp = [r for r in rows if r["section"] in ("gpu", "gpu_psnr")]
+    gp = [r for r in rows if r["section"] == "gpu"]
     L += ["## 5. GPU figures", ""]
     if gp:
         L += ["| variant | t_fwd (s) | t_fb (s) | SPGD s/img | NFE fwd/bwd | peak (MiB) | status |", "|---|---|---|---|---|---|---|"]
-        for r in (r for r in gp if r["section"] == "gpu"):
+        for r in gp:
             L.append(f"| {r.get('variant')} | {_f(r.get('t_fwd_s'), 4)} | {_f(r.get('t_fb_s'), 4)} | "
                      f"{_f(r.get('s_per_image'), 2)} | {r.get('nfe_forward', '')}/{r.get('nfe_backward', '')} | "
                      f"{_f(r.get('peak_mib'), 0)} | {r['status']} |")
-        L += ["", "PSNR of SPGD on the exact Gaussian prior (64x64, inpaint_random) under autocast:", ""]
-        L += [f"- {r['variant']}: {r['psnr_db']:.3f} dB (change {r['delta_db']:+.3f} dB)" for r in gp if r["section"] == "gpu_psnr"]
         L.append("")
     else:
         L += ["**Not measured here: no GPU was available to this run.** The code path exists: "
@@ -642,8 +622,23 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
               "`python -m bench.perf --device cuda --full` runs the 256x256 ffhq256-size network with random "
               "weights and reports, for fp32, bf16 and fp16 autocast and torch.compile (fp32 and bf16): t_fwd, t_fb, "
               "SPGD seconds per image at its Table 1 setting (T = 100, N = 5: 500 forward + 500 backward NFE, "
-              "batch 4) with peak CUDA memory, and the PSNR change from reduced precision for SPGD on the exact "
-              "Gaussian prior (autocast around the solve, same seeds).", ""]
+              "batch 4) with peak CUDA memory.", ""]
+    pr = [r for r in rows if r["section"] == "precision"]
+    if pr:
+        L += [f"## 6. PSNR cost of reduced precision ({pr[0]['solver']}, exact Gaussian prior)", "",
+              f"{pr[0]['solver']} with its Table 1 settings ({pr[0]['nfe_forward']} forward + {pr[0]['nfe_backward']} "
+              f"backward NFE) on {pr[0]['batch']} samples of the exact Gaussian prior at {pr[0]['size']}x{pr[0]['size']}, "
+              f"sigma_y {SIGMA_Y}, same measurements and seeds; the network's input and output rounded to bf16 / fp16 "
+              "as under autocast (`bench/perf_precision.py` RoundedPrior: the loss every reduced-precision UNet pays, "
+              "a lower bound for a real one, which also rounds inside its layers). Mean PSNR (dB), change from fp32 in "
+              "brackets.", "",
+              "| task | fp32 | bf16 | fp16 |", "|---|---|---|---|"]
+        for task in dict.fromkeys(r["task"] for r in pr):
+            cells = {r["variant"]: r for r in pr if r["task"] == task}
+            L.append(f"| {task} | {cells['fp32']['psnr_db']:.3f} | "
+                     + " | ".join(f"{cells[v]['psnr_db']:.3f} ({cells[v]['delta_db']:+.3f})" for v in ("bf16", "fp16"))
+                     + " |")
+        L.append("")
     L += meta.get("analysis", [])
     L += ["## Machine", ""] + [f"- {k}: {v}" for k, v in meta["machine"].items()] + [""]
     path.write_text("\n".join(L))
@@ -663,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--net-repeats", type=int, default=3, help="network timings per batch size in the scaling table")
     p.add_argument("--solvers", default=",".join(sorted(solvers.available())))
     p.add_argument("--tasks", default=",".join(TABLE1_TASKS))
-    p.add_argument("--skip", default="", help="comma list of sections to skip: overhead,table1size,scaling,checkpointing,deepinv,gpu")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: overhead,table1size,scaling,checkpointing,deepinv,gpu,precision")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
     args = p.parse_args(argv)
 
@@ -712,6 +707,8 @@ def main(argv: list[str] | None = None) -> None:
             log(meta["deepinv_note"])
     if "gpu" not in skip and device.type == "cuda":
         rows += gpu_figures(device, args.full, log)
+    if "precision" not in skip:
+        rows += precision_table(TABLE1_TASKS, device, log)
 
     flags = prior.flags  # type: ignore[attr-defined]
     meta.update(

@@ -119,3 +119,22 @@ def test_network_clock_splits_forward_and_backward_and_restores_the_prior():
     with clock.attached(prior):
         prior.eps(x, 300)  # no autograd: no backward is watched
     assert clock.backward_s == before
+
+
+def test_rounded_prior_rounds_the_networks_input_and_output_and_counts_calls():
+    from bench.perf_precision import RoundedPrior, psnr
+
+    base = GaussianPrior(image_shape=(3, 8, 8))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.bfloat16, torch.float16):
+        rounded = RoundedPrior(base, dtype)
+        expected = base.eps(x.to(dtype).float(), 400).to(dtype).float()
+        got = rounded.eps(x, 400)
+        assert torch.equal(got, expected)
+        assert not torch.equal(got, base.eps(x, 400))  # the rounding is real
+        assert rounded.nfe.forward == 2
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(rounded.eps(xg, 400).sum(), xg)  # differentiable, as SPGD needs
+        assert torch.isfinite(g).all() and rounded.nfe.backward == 2
+    target = torch.zeros(1, 3, 4, 4)
+    assert psnr(target + 0.2, target).item() == pytest.approx(10 * math.log10(4 / 0.04))
