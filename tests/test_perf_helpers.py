@@ -138,3 +138,14 @@ def test_rounded_prior_rounds_the_networks_input_and_output_and_counts_calls():
         assert torch.isfinite(g).all() and rounded.nfe.backward == 2
     target = torch.zeros(1, 3, 4, 4)
     assert psnr(target + 0.2, target).item() == pytest.approx(10 * math.log10(4 / 0.04))
+
+
+def test_gpu_figures_code_path_runs_on_the_cpu():
+    """No GPU here: the path `make perf DEVICE=cuda` takes (prior variants, SPGD at its perf step count, memory)
+    is exercised on the CPU so that it is known to run end to end; its CUDA timings cannot be checked here."""
+    rows = perf.gpu_figures(torch.device("cpu"), full=False, log=lambda msg: None, variants=[("fp32", {})])
+    (row,) = rows
+    assert row["status"] == "ok", row
+    budget = solvers.get("spgd", GaussianPrior(image_shape=(3, 8, 8)), **perf.perf_overrides("spgd")).budget()
+    assert (row["nfe_forward"], row["nfe_backward"]) == (budget["nfe_forward"], budget["nfe_backward"])
+    assert row["s_per_image"] > 0 and row["t_fwd_s"] > 0 and row["t_fb_s"] > 0
