@@ -18,6 +18,7 @@ import torch
 
 import operators
 import solvers
+from bench.metrics import psnr
 from priors.base import DiffusionPrior
 from priors.gaussian import GaussianPrior
 
@@ -39,11 +40,6 @@ class RoundedPrior(DiffusionPrior):
         return eps.to(self.dtype).to(x_k.dtype), v
 
 
-def psnr(x_hat: Tensor, x: Tensor) -> Tensor:
-    """Per-image PSNR in dB on [-1, 1] images (peak-to-peak 2)."""
-    return 10 * torch.log10(4.0 / ((x_hat.clamp(-1, 1) - x) ** 2).flatten(1).mean(1))
-
-
 def precision_table(tasks: tuple[str, ...], device: torch.device, log: Callable[[str], None],
                     solver: str = "spgd", batch: int = 4, size: int = 64, sigma_y: float = 0.05) -> list[dict]:
     """Mean PSNR of `solver` (its Table 1 settings) on the exact Gaussian prior, fp32 vs bf16 vs fp16 network I/O,
@@ -62,7 +58,7 @@ def precision_table(tasks: tuple[str, ...], device: torch.device, log: Callable[
             net = RoundedPrior(prior, dtype)
             gens = [torch.Generator().manual_seed(1000 + s) for s in seeds]
             x_hat = solvers.get(solver, net, task=task).solve(y, A, gens)
-            value = float(psnr(x_hat, x).mean())
+            value = float(psnr((x_hat.clamp(-1, 1) + 1) / 2, (x + 1) / 2).mean())  # on [0, 1]
             reference = value if reference is None else reference
             rows.append({"section": "precision", "solver": solver, "task": task, "variant": label, "status": "ok",
                          "batch": batch, "size": size, "psnr_db": value, "delta_db": value - reference,
