@@ -19,7 +19,7 @@ VENV_FLAGS  :=
 CONSTRAINTS := requirements/constraints-cpu.txt
 endif
 
-.PHONY: venv test demo table1 perf checkpoints clean-venv
+.PHONY: venv test demo demo-refresh table1 perf gpu-path checkpoints clean-venv
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/constraints-cpu.txt requirements/nodeps.txt
@@ -36,9 +36,16 @@ endif
 test: venv
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
+# `make demo` writes to results/demo-local/ (git-ignored), so running it never modifies committed files;
+# `make demo-refresh` deliberately regenerates the committed copy in results/demo/ (then commit it).
+DEMO_RESULTS ?= results/demo-local
 demo: venv
-	$(BIN)/python -m bench run --protocol demo
-	$(BIN)/python -m bench table --protocol demo
+	$(BIN)/python -m bench run --protocol demo --results $(DEMO_RESULTS)
+	$(BIN)/python -m bench table --protocol demo --results $(DEMO_RESULTS)
+
+demo-refresh: venv
+	$(BIN)/python -m bench run --protocol demo --results results/demo
+	$(BIN)/python -m bench table --protocol demo --results results/demo
 
 table1: venv
 	$(BIN)/python -m bench run --protocol table1 $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATASETS),--datasets $(DATASETS)) $(if $(SOLVERS),--solvers $(SOLVERS))
@@ -49,8 +56,11 @@ checkpoints: venv
 
 perf: venv
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[perf]'
-	$(BIN)/python -m bench.perf $(if $(DEVICE),--device $(DEVICE))
-	$(BIN)/python -m bench.perf_operators
+	$(BIN)/python -m benchmarks.perf $(if $(DEVICE),--device $(DEVICE))
+	$(BIN)/python -m benchmarks.operator_speed
+
+gpu-path: venv
+	$(BIN)/python -m benchmarks.gpu_path
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,10 +15,12 @@ mapped to [-1, 1] float32. An image smaller than the protocol size is an error (
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from bench.errors import BenchError
-from bench.fileio import sha256_file
+from common.fileio import sha256_file
 from bench.protocol import DatasetSpec, repo_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -84,14 +86,21 @@ class FolderCheck:
     changed: list[tuple[str, str, str]]  # (file, expected sha, found sha)
     extra: list[str]
     refs: list[ImageRef]
+    unusable: list[str] = field(default_factory=list)  # one message per file that does not decode / is too small
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.changed
+        return not self.missing and not self.changed and not self.unusable
 
 
-def check_folder(spec: DatasetSpec, count: int | None = None, list_extra: bool = False) -> FolderCheck:
-    """Compare the user's folder with the first `count` manifest entries (all when None)."""
+def check_folder(spec: DatasetSpec, count: int | None = None, list_extra: bool = False,
+                 decode: bool = True) -> FolderCheck:
+    """Compare the user's folder with the first `count` manifest entries (all when None).
+
+    With `decode` every listed image is also decoded in full (a truncated file opens fine and fails
+    only when its pixels are read) and checked against the protocol size: failures go to `unusable`.
+    Each file is read once for both its hash and its decode.
+    """
     manifest = load_manifest(spec.manifest)
     root = data_root(spec)
     if manifest.get("images") is None:  # rule-based subset: the first files by name
@@ -106,7 +115,7 @@ def check_folder(spec: DatasetSpec, count: int | None = None, list_extra: bool =
         return FolderCheck(root, [e["file"] for e in entries], [], [], [])
     direct = all((root / e["file"]).is_file() for e in entries)
     index = None if direct and not list_extra else _index_by_name(root)
-    missing, changed, refs = [], [], []
+    missing, changed, refs, unusable = [], [], [], []
     for e in entries:
         path = root / e["file"]
         if not path.is_file() and index is not None:
@@ -114,15 +123,18 @@ def check_folder(spec: DatasetSpec, count: int | None = None, list_extra: bool =
         if not path.is_file():
             missing.append(e["file"])
             continue
-        digest = sha256_file(path)
+        content = path.read_bytes()
+        digest = hashlib.sha256(content).hexdigest()
         if e.get("sha256") and e["sha256"] != digest:
             changed.append((e["file"], e["sha256"], digest))
+        elif decode and (msg := probe_image(path, spec.image_size, content)):
+            unusable.append(msg)
         refs.append(ImageRef(spec.name, str(e["id"]), path, digest))
     extra = []
     if list_extra and index is not None:
         listed = {Path(e["file"]).name for e in manifest["images"]}
         extra = sorted(n for n in index if n not in listed)
-    return FolderCheck(root, missing, changed, extra, refs)
+    return FolderCheck(root, missing, changed, extra, refs, unusable)
 
 
 def describe_problems(spec: DatasetSpec, check: FolderCheck) -> str:
@@ -138,6 +150,13 @@ def describe_problems(spec: DatasetSpec, check: FolderCheck) -> str:
                      f"expected {want[:12]}...)")
     if len(check.changed) > 10:
         lines.append(f"  ... {len(check.changed)} changed files in all")
+    if check.unusable:
+        lines.append(f"dataset {spec.name!r}: {len(check.unusable)} unusable image(s):")
+        lines += [f"  {msg}" for msg in check.unusable[:20]]
+        if len(check.unusable) > 20:
+            lines.append(f"  ... {len(check.unusable)} unusable files in all")
+        if check.root.is_dir() and not check.missing and not check.changed:
+            return "\n".join(lines)
     lines.append(f"  put the images in {check.root} (or set RESTOREBENCH_DATA=<folder holding {spec.name}/>); "
                  f"how to obtain them: datasets/README.md")
     return "\n".join(lines)
@@ -149,19 +168,22 @@ def resolve(spec: DatasetSpec, limit: int | None = None) -> list[ImageRef]:
     check = check_folder(spec, count)
     if not check.ok:
         raise BenchError(describe_problems(spec, check))
-    problems = [msg for msg in (probe_image(r.path, spec.image_size) for r in check.refs) if msg]
-    if problems:
-        raise BenchError(f"dataset {spec.name!r}: {len(problems)} unusable image(s):\n" + "\n".join(problems[:20]))
     return check.refs
 
 
-def probe_image(path: Path, size: int) -> str | None:
-    """Cheap header check before any work: readable, and not smaller than the protocol size."""
+def probe_image(path: Path, size: int, content: bytes | None = None) -> str | None:
+    """Before any work: the image decodes in full (PIL `load()`), and is not smaller than the protocol size.
+
+    `content`: the file's bytes when already read (for its hash). None when usable, else the message.
+    """
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(content) if content is not None else path) as im:
             w, h = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        return f"{path}: cannot read the image ({err}); replace the file"
+            im.load()  # decodes every pixel: a truncated or corrupt file fails here, not mid-run
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = "not an image format PIL can read" if isinstance(err, UnidentifiedImageError) else err
+        return (f"{path}: cannot decode the image ({reason}); re-download or replace the file, then check with "
+                f"`python -m bench data check`")
     if min(w, h) < size:
         return (f"{path}: image is {w}x{h}, smaller than the protocol size {size}; "
                 f"use the full-resolution file (we do not upscale)")

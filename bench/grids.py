@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bench.fileio import atomic_write
+from common.fileio import atomic_write
 
 LABEL_HEIGHT = 14
 MIN_CELL = 96  # pixels

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.fileio import atomic_write
+from common.fileio import atomic_write
 
 SETUP_HINT = "run `make venv` (or `python -m bench.assets`) to install the offline LPIPS backbones"
 

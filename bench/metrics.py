@@ -3,7 +3,9 @@
 Convention (the "metric card", `Metrics.card()`): images are float (B, 3, H, W) in [-1, 1]; every
 metric is computed on `u = clip((x + 1) / 2, 0, 1)` in floating point (float64 for PSNR/SSIM, float32
 inside the LPIPS networks), never on 8-bit quantised values. Each metric returns one value per
-image, shape (B,), float64 on the CPU; the harness takes the mean over images.
+image, shape (B,), float64 on the CPU; the harness takes the mean over images. Images are scored one
+at a time, so an image's values are bit-identical whatever batch it arrives in (a batched network
+call may change the summation order at ~1e-7).
 
 * PSNR: `10 log10(1 / MSE)`, MSE over the 3 x H x W values of one image, data range 1, RGB. Identical
   images give `+inf` (no epsilon): tables must handle inf. (piq, used by SPGD/DAPS, adds 1e-8 to the
@@ -245,11 +247,18 @@ class Metrics:
     def __call__(self, x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_pair(x_hat, x)
         device = self.device if self.device is not None else x.device
+        per_image: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "lpips": []}
         with torch.no_grad():
-            u_hat, u = to_unit(x_hat.to(device)), to_unit(x.to(device))
-            values = {"psnr": psnr(u_hat, u), "ssim": ssim(u_hat, u, self.ssim),
-                      "lpips": lpips_distance(u_hat, u, self.lpips)}
-        return {k: v.detach().to("cpu", torch.float64) for k, v in values.items()}
+            # one image at a time: a batched convolution may pick another kernel / summation order,
+            # so a value would depend (at ~1e-7) on the images it was batched with
+            for i in range(x.shape[0]):
+                u_hat, u = to_unit(x_hat[i:i + 1].to(device)), to_unit(x[i:i + 1].to(device))
+                per_image["psnr"].append(psnr(u_hat, u))
+                per_image["ssim"].append(ssim(u_hat, u, self.ssim))
+                per_image["lpips"].append(lpips_distance(u_hat, u, self.lpips).reshape(1))
+        if x.shape[0] == 0:
+            return {k: torch.zeros(0, dtype=torch.float64) for k in per_image}
+        return {k: torch.cat(v).detach().to("cpu", torch.float64) for k, v in per_image.items()}
 
     def card(self) -> dict[str, str]:
         """How each number is computed, for the header of every results table."""
@@ -271,7 +280,8 @@ class Metrics:
                   else "luma Y'=0.299R+0.587G+0.114B (BT.601), in [0,1]")
         return {
             "value_range": "images in [-1,1]; metrics on clip((x+1)/2, 0, 1) in float64 (LPIPS nets float32), "
-                           "never 8-bit; one value per image, mean over images by the harness",
+                           "never 8-bit; one value per image, computed one image at a time (a value never "
+                           "depends on the batch it ran in), mean over images by the harness",
             "psnr": "10*log10(1/MSE), MSE over all RGB values of one image, data range 1; identical "
                     "images give +inf (no epsilon)",
             "ssim": f"torchmetrics {_version('torchmetrics')} structural_similarity_index_measure: Gaussian "

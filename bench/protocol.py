@@ -5,12 +5,23 @@ A protocol lives in bench/protocols/<name>.yaml (or any path). Schema (unknown k
     name: table1                     # results go to results/<name>/
     description: "..."               # free text
     seed: 0                          # the protocol seed (bench/seeding.py derives every stream)
-    batch_size: 8                    # images per batch; never changes a result (per-image streams)
+    batch_size: 8                    # images per batch; never changes a result (per-image streams);
+                                     # a dataset may set its own (imagenet's network is ~3.5x ffhq's)
     sigma_y: 0.05                    # noise std in [-1,1] pixel units (a task may override)
     metrics: {lpips: vgg, ssim: rgb} # bench.metrics.Metrics(**metrics) conventions
     grid_images: 4                   # images per (dataset, task) kept for the qualitative grids
     smoke: false                     # true: every solver runs with its class `smoke` overrides
     imports: []                      # python modules to import first (own solvers / priors)
+    rng_device: run                  # run: random streams on the run's device (fast); cpu: drawn on the
+                                     # CPU and copied (identical numbers on every device, slower on GPU)
+    speed:                           # speed switches; all enter the config hash and the table footer
+      precision: fp32                # fp32 | bf16 | fp16 (autocast of the ADM UNet)
+      channels_last: false           # NHWC convolutions
+      compile: false                 # torch.compile the UNet
+      checkpointing: false           # activation checkpointing (less memory, ~1 extra forward per backward)
+      tf32: false                    # TF32 matmul / convolutions on Ampere+ GPUs
+      cudnn_benchmark: false         # cudnn autotuning
+      deterministic: false           # deterministic CUDA kernels (results independent of the batch size)
     reference: null                  # CSV of published numbers to compare with (tables)
     datasets:                        # in table order
       ffhq:
@@ -20,6 +31,9 @@ A protocol lives in bench/protocols/<name>.yaml (or any path). Schema (unknown k
         manifest: datasets/ffhq256_val1k.json
         root: null                   # image folder; default $RESTOREBENCH_DATA/<name> or ./data/<name>
         count: 1000                  # first `count` images of the manifest (null: all)
+        batch_size: 8                # optional: this dataset's batch size (default: the protocol's)
+        unet: null                   # for a checkpoint path: guided-diffusion UNet flags (a mapping) or the
+                                     # name of a registered checkpoint whose flags to reuse (e.g. ffhq256)
     tasks:                           # in table order; task names of operators/
       inpaint_random:
         label: "Inpaint (random 80 %)"
@@ -27,6 +41,8 @@ A protocol lives in bench/protocols/<name>.yaml (or any path). Schema (unknown k
         shared_params: false         # true: one mask/kernel for the whole run (SPGD/DAPS code)
         sigma_y: 0.05                # optional override
     solvers: {dps: {label: DPS, overrides: {}}, ...}   # or the string "all" (every registered solver)
+    # an entry's name is its table row; `solver:` names the registered solver when the row is a variant:
+    #   pnp_admm_dncnn: {solver: pnp_admm, label: "PnP-ADMM (DnCNN)", overrides: {denoiser: dncnn}}
 
 The pseudo-solvers `oracle_mean` and `oracle_sample` (exact posterior mean / sample, only for
 priors that provide `posterior_mean` / `posterior_sample`) may be listed like solvers.
@@ -35,6 +51,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,12 +65,18 @@ PROTOCOL_DIR = Path(__file__).resolve().parent / "protocols"
 ORACLES = ("oracle_mean", "oracle_sample")
 
 _TOP = {"name", "description", "seed", "batch_size", "sigma_y", "metrics", "grid_images", "smoke",
-        "imports", "reference", "datasets", "tasks", "solvers"}
+        "imports", "reference", "datasets", "tasks", "solvers", "rng_device", "speed"}
 _REQUIRED_TOP = {"name", "seed", "batch_size", "sigma_y", "metrics", "datasets", "tasks", "solvers"}
-_DATASET = {"label", "prior", "image_size", "manifest", "root", "count"}
+_DATASET = {"label", "prior", "image_size", "manifest", "root", "count", "batch_size", "unet"}
 _REQUIRED_DATASET = {"prior", "image_size", "manifest"}
 _TASK = {"label", "params", "shared_params", "sigma_y"}
-_SOLVER = {"label", "overrides"}
+_SOLVER = {"label", "overrides", "solver"}
+RNG_DEVICES = ("run", "cpu")
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: speed switches and their defaults (off = the reference fp32 numbers)
+SPEED_DEFAULTS: dict[str, Any] = {"precision": "fp32", "channels_last": False, "compile": False,
+                                  "checkpointing": False, "tf32": False, "cudnn_benchmark": False,
+                                  "deterministic": False}
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,8 @@ class DatasetSpec:
     manifest: str
     root: str | None = None
     count: int | None = None
+    batch_size: int | None = None
+    unet: Any = None
 
 
 @dataclass(frozen=True)
@@ -78,13 +103,18 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class SolverSpec:
-    name: str
+    name: str                    # the entry (table row) name
     label: str
     overrides: dict[str, Any]
+    solver: str = ""             # the registered solver it runs (default: the entry name)
+
+    @property
+    def solver_name(self) -> str:
+        return self.solver or self.name
 
     @property
     def is_oracle(self) -> bool:
-        return self.name in ORACLES
+        return self.solver_name in ORACLES
 
 
 @dataclass
@@ -104,9 +134,14 @@ class Protocol:
     solvers: list[SolverSpec]
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    rng_device: str = "run"
+    speed: dict[str, Any] = field(default_factory=lambda: dict(SPEED_DEFAULTS))
 
     def dataset(self, name: str) -> DatasetSpec:
         return next(d for d in self.datasets if d.name == name)
+
+    def batch_size_for(self, ds: DatasetSpec) -> int:
+        return ds.batch_size or self.batch_size
 
     def restrict(self, datasets: list[str] | None = None, tasks: list[str] | None = None,
                  solvers: list[str] | None = None) -> "Protocol":
@@ -116,6 +151,17 @@ class Protocol:
             if not wanted:
                 continue
             have = {s.name: s for s in getattr(self, attr)}
+            if attr == "solvers":  # any registered solver runs in any protocol (`--import mine --solvers mine`)
+                import solvers as solver_pkg
+                registered = set(solver_pkg.available()) | set(ORACLES)
+                out.solvers = [have.get(w) or SolverSpec(name=w, label=w, overrides={})
+                               for w in wanted if w in have or w in registered]
+                unknown = [w for w in wanted if w not in have and w not in registered]
+                if unknown:
+                    raise BenchError(f"unknown solver {', '.join(map(repr, unknown))}: not in protocol {self.name!r} "
+                                     f"and not registered; registered solvers: {', '.join(sorted(registered))} "
+                                     f"(a solver of your own: --import yourmodule)")
+                continue
             unknown = [w for w in wanted if w not in have]
             if unknown:
                 raise BenchError(f"protocol {self.name!r} has no {attr[:-1]} {', '.join(map(repr, unknown))}; "
@@ -174,10 +220,7 @@ def parse(raw: Any, source: str = "<protocol>") -> Protocol:
     sigma_y = _number(f"{where}: sigma_y", top["sigma_y"], float, 0.0)
     imports = list(top.get("imports") or [])
     for module in imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise BenchError(f"{where}: cannot import module {module!r} listed under 'imports': {err}") from None
+        import_user_module(module, f"{where}: 'imports'")
 
     datasets = []
     for name, entry in _mapping(f"{where}: datasets", top["datasets"]).items():
@@ -187,7 +230,10 @@ def parse(raw: Any, source: str = "<protocol>") -> Protocol:
             name=str(name), label=str(d.get("label", name)), prior=str(d["prior"]),
             image_size=_number(f"{where}: datasets.{name}.image_size", d["image_size"], int, 1),
             manifest=str(d["manifest"]), root=d.get("root"),
-            count=None if count is None else _number(f"{where}: datasets.{name}.count", count, int, 1)))
+            count=None if count is None else _number(f"{where}: datasets.{name}.count", count, int, 1),
+            batch_size=None if d.get("batch_size") is None else _number(
+                f"{where}: datasets.{name}.batch_size", d["batch_size"], int, 1),
+            unet=_unet(f"{where}: datasets.{name}.unet", d.get("unet"))))
 
     tasks = []
     for name, entry in _mapping(f"{where}: tasks", top["tasks"]).items():
@@ -212,7 +258,11 @@ def parse(raw: Any, source: str = "<protocol>") -> Protocol:
         overrides = s.get("overrides") or {}
         if not isinstance(overrides, dict):
             raise BenchError(f"{where}: solvers.{name}.overrides must be a mapping")
-        solvers.append(SolverSpec(name=str(name), label=str(s.get("label", name)), overrides=dict(overrides)))
+        target = s.get("solver")
+        if target is not None and not isinstance(target, str):
+            raise BenchError(f"{where}: solvers.{name}.solver must be the name of a registered solver")
+        solvers.append(SolverSpec(name=str(name), label=str(s.get("label", name)), overrides=dict(overrides),
+                                  solver=str(target or "")))
 
     metrics = top["metrics"]
     if not isinstance(metrics, dict):
@@ -227,7 +277,112 @@ def parse(raw: Any, source: str = "<protocol>") -> Protocol:
         sigma_y=sigma_y, metrics=dict(metrics),
         grid_images=_number(f"{where}: grid_images", top.get("grid_images", 4), int, 0),
         smoke=smoke, imports=imports, reference=top.get("reference"),
-        datasets=datasets, tasks=tasks, solvers=solvers, source=source, raw=raw)
+        datasets=datasets, tasks=tasks, solvers=solvers, source=source, raw=raw,
+        rng_device=_choice(f"{where}: rng_device", top.get("rng_device", "run"), RNG_DEVICES),
+        speed=parse_speed(f"{where}: speed", top.get("speed")))
+
+
+def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise BenchError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _unet(where: str, value: Any) -> Any:
+    if value is None or isinstance(value, (str, dict)):
+        return value
+    raise BenchError(f"{where}: expected UNet flags (a mapping) or a registered checkpoint name, got {value!r}")
+
+
+def parse_speed(where: str, block: Any) -> dict[str, Any]:
+    """The speed switches with their defaults filled in; unknown keys and wrong types are errors."""
+    block = {} if block is None else _check_keys(where, block, set(SPEED_DEFAULTS))
+    out = dict(SPEED_DEFAULTS)
+    for key, value in block.items():
+        if key == "precision":
+            out[key] = _choice(f"{where}.precision", value, PRECISIONS)
+        elif not isinstance(value, bool):
+            raise BenchError(f"{where}.{key}: expected true or false, got {value!r}")
+        else:
+            out[key] = value
+    return out
+
+
+def import_user_module(module: str, where: str = "--import") -> Any:
+    """Import a user's module (a dotted name on sys.path, or a path to a .py file) so its solvers or priors
+    register; any failure is one BenchError line naming the module."""
+    import sys
+    path = Path(module)
+    try:
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise BenchError(f"{where}: no file {module!r}")
+            name = path.stem
+            spec = importlib.util.spec_from_file_location(name, path.resolve())
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)  # type: ignore[union-attr]
+            return mod
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        return importlib.import_module(module)
+    except BenchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a user's module may fail in any way; one line names it
+        raise BenchError(f"{where}: cannot import module {module!r}: {type(err).__name__}: {err}") from None
+
+
+def apply_sets(p: "Protocol", sets: list[str] | None) -> "Protocol":
+    """`--set solver.key=value` (value parsed as YAML: 2.0, true, [1, 2], a string) onto every entry of that
+    solver (or entry name), validated against the solver's hyper-parameters and their types."""
+    if not sets:
+        return p
+    import solvers as solver_pkg
+    from solvers.base import resolve_config, solver_class
+    out = copy.copy(p)
+    entries = list(p.solvers)
+    for item in sets:
+        target, sep, value_text = item.partition("=")
+        solver, dot, key = target.strip().partition(".")
+        if not sep or not dot or not solver or not key:
+            raise BenchError(f"--set {item!r}: expected SOLVER.KEY=VALUE, e.g. --set spgd.lr=2.0")
+        try:
+            value = yaml.safe_load(value_text)
+        except yaml.YAMLError:
+            value = value_text
+        hit = [i for i, e in enumerate(entries) if solver in (e.name, e.solver_name)]
+        if not hit:
+            raise BenchError(f"--set {item!r}: no solver {solver!r} in this run; it has: "
+                             f"{', '.join(e.name for e in entries)}")
+        for i in hit:
+            e = entries[i]
+            if e.is_oracle:
+                raise BenchError(f"--set {item!r}: {e.name} has no hyper-parameters")
+            cls = solver_class(e.solver_name)
+            known = resolve_config(cls, None, None)
+            if key not in known:
+                raise BenchError(f"--set {item!r}: {e.solver_name} has no hyper-parameter {key!r}; "
+                                 f"valid keys: {', '.join(sorted(known))}")
+            _check_type(item, known[key]["value"], value)
+            entries[i] = SolverSpec(e.name, e.label, {**e.overrides, key: value}, e.solver)
+    del solver_pkg
+    out.solvers = entries
+    return out
+
+
+def _check_type(item: str, default: Any, value: Any) -> None:
+    if default is None or value is None:
+        return
+    numeric = (int, float)
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, numeric):
+        ok = isinstance(value, numeric)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise BenchError(f"--set {item!r}: expected a value like {default!r} ({type(default).__name__}), "
+                         f"got {value!r} ({type(value).__name__})")
 
 
 def _mapping(where: str, value: Any) -> dict:

@@ -2,9 +2,13 @@
 
 For every dataset x task x batch of images: load the images, build the operator with per-image
 seeds, draw the measurement with per-image noise streams (bench/seeding.py), then for every solver
-solve the images whose record is not in the store yet, score them, and append one record per image.
-A failing batch is retried image by image, so a diverged image gets its own 'diverged' record and
-its neighbours keep theirs (and a record never depends on the batch it ran in).
+solve the images whose record is not in the store yet (or is stale: made by other code, see
+bench/fingerprint.py), score them, and append one record per image. A failing batch is retried image
+by image, so a diverged image gets its own 'diverged' record and its neighbours keep theirs; a batch
+that runs out of memory is halved (down to 1) and the smaller batch is kept. A record never depends on
+the batch it ran in.
+
+Only the prior of the dataset being run is on the device; the others wait on the CPU.
 
 Sharding: under `torchrun` (RANK / WORLD_SIZE in the environment) rank r takes images r, r+W, ...
 and writes its own records file; no process group is needed because images are independent.
@@ -12,14 +16,14 @@ and writes its own records file; no process group is needed because images are i
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
-import importlib
 import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,11 +35,17 @@ from PIL import Image
 import operators
 import solvers
 from bench import data, seeding
-from bench.fileio import atomic_write
 from bench.errors import BenchError
+from bench.fingerprint import Fingerprint, fingerprint
+from bench.prior_loading import load_prior, missing_checkpoint, prior_identity
+from bench.results_folder import check_results_dir
 from bench.protocol import REPO_ROOT, DatasetSpec, Protocol, SolverSpec, TaskSpec
-from bench.store import Store, record_key
+from bench.store import Store, load_fingerprints, load_records, record_key, writer_name
+from common.fileio import atomic_write
 from solvers.base import SolverDiverged, SolverError, UnsupportedTask
+from solvers.oracle import Oracle
+
+RERUN_CHOICES = ("stale", "errors", "all")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -44,14 +54,21 @@ def dist_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def code_version() -> str:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return "git:" + out.stdout.strip()
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        pass
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_version() -> str:
+    """`git:<describe>`, with "-dirty" only when code (not results/) differs from the commit; else the
+    package version. The exact code behind each record is its fingerprint (bench/fingerprint.py)."""
+    described = _git("describe", "--always", "--tags")
+    if described:
+        dirty = _git("status", "--porcelain", "--", ".", ":(exclude)results")
+        return f"git:{described}" + ("-dirty" if dirty else "")
     try:
         from importlib.metadata import version
         return "restorebench " + version("restorebench")
@@ -84,96 +101,14 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_prior(name: str, image_size: int, device: str) -> torch.nn.Module:
-    """'gaussian' -> the exact embedded Gaussian prior; 'module:function' -> function(image_size=...);
-    anything else -> priors.registry.load (a registry name or a checkpoint path)."""
-    if name == "gaussian":
-        from priors.gaussian import embedded
-        prior = embedded(image_size=image_size)
-    elif ":" in name:
-        module, fn = name.split(":", 1)
-        prior = getattr(importlib.import_module(module), fn)(image_size=image_size)
-    else:
-        from priors import registry
-        prior = registry.load(name, device=device)
-    prior = prior.to(device)
-    want = (3, image_size, image_size)
-    if tuple(prior.image_shape) != want:
-        raise BenchError(f"prior {name!r} is for images {tuple(prior.image_shape)}, the protocol asks for {want}; "
-                         f"set image_size: {prior.image_shape[-1]} in the protocol")
-    return prior
-
-
-def missing_checkpoint(name: str) -> str | None:
-    """For a registered checkpoint name: None when its file is in place, else the message naming it."""
-    try:
-        from priors import registry
-    except ImportError:
-        return None
-    if name not in getattr(registry, "SPECS", {}):
-        return None
-    try:
-        registry.find_checkpoint(registry.SPECS[name])
-    except registry.CheckpointError as err:
-        return str(err)
-    return None
-
-
-def prior_identity(prior: torch.nn.Module, name: str) -> dict:
-    """What decides the prior: checkpoint file and sha256 (registered ADM), or the exact prior's parameters."""
-    ident = {"name": name, "class": f"{type(prior).__module__}.{type(prior).__qualname__}",
-             "image_shape": list(prior.image_shape)}
-    params = getattr(prior, "parameters_dict", None)
-    if callable(params):
-        ident["parameters"] = params()
-    try:
-        from priors import registry
-        if name in registry.SPECS:
-            path = registry.find_checkpoint(registry.SPECS[name])
-            ident["checkpoint"] = {"file": path.name, "sha256": registry.cached_sha256(path)}
-    except ImportError:
-        pass
-    return ident
-
-
-class Oracle:
-    """The exact posterior mean / an exact posterior sample, for priors that have them (no NFE)."""
-
-    def __init__(self, name: str, prior: torch.nn.Module) -> None:
-        self.name, self.prior = name, prior
-        self.method = {"oracle_mean": "posterior_mean", "oracle_sample": "posterior_sample"}[name]
-        self.params: dict[str, Any] = {}
-
-    def supports(self, A: operators.Operator) -> bool:
-        return callable(getattr(self.prior, self.method, None))
-
-    def describe(self) -> dict:
-        return {"solver": self.name, "params": {}}
-
-    def solve(self, y: torch.Tensor, A: operators.Operator, generator: Sequence[torch.Generator]) -> torch.Tensor:
-        if not self.supports(A):
-            raise UnsupportedTask(f"prior {getattr(self.prior, 'name', '?')!r} has no exact {self.method}")
-        self.prior.reset_counters()
-        out = []
-        with torch.no_grad():  # one image at a time: a batched iterative solve (CG) stops when the
-            for i in range(y.shape[0]):  # slowest image converges, which would couple the images
-                A_i = A.select([i])
-                if self.name == "oracle_mean":
-                    out.append(self.prior.posterior_mean(y[i:i + 1], A_i))
-                else:
-                    out.append(self.prior.posterior_sample(y[i:i + 1], A_i, [generator[i]]))
-        return torch.cat(out).clamp(-1, 1)
-
-
 def build_solver(spec: SolverSpec, prior: torch.nn.Module, task: str, dataset: str, smoke: bool) -> Any:
     if spec.is_oracle:
-        return Oracle(spec.name, prior)
+        return Oracle(spec.solver_name, prior)
     try:
         overrides = dict(spec.overrides)
         if smoke:
-            probe = solvers.get(spec.name, prior, task=task, dataset=dataset)
-            overrides = {**type(probe).smoke, **overrides}
-        return solvers.get(spec.name, prior, task=task, dataset=dataset, **overrides)
+            overrides = {**solvers.base.solver_class(spec.solver_name).smoke, **overrides}
+        return solvers.get(spec.solver_name, prior, task=task, dataset=dataset, **overrides)
     except SolverError as err:
         raise BenchError(f"solver {spec.name!r}: {err}") from None
 
@@ -186,6 +121,32 @@ def default_threads(protocol: Protocol, device: torch.device) -> int | None:
     if device.type == "cpu" and max(d.image_size for d in protocol.datasets) <= 64:
         return 1
     return None
+
+
+# ---------------------------------------------------------------------------------------- devices
+def apply_speed_flags(speed: dict, device: torch.device) -> None:
+    """Process-wide switches of the protocol's `speed:` block (the prior's own switches go to load_prior).
+
+    tf32 off sets both TF32 flags off explicitly (torch's default allows TF32 in cuDNN convolutions);
+    deterministic on needs CUBLAS_WORKSPACE_CONFIG before the first cuBLAS call, set here if unset."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(speed.get("tf32"))
+    torch.backends.cudnn.allow_tf32 = bool(speed.get("tf32"))
+    torch.backends.cudnn.benchmark = bool(speed.get("cudnn_benchmark"))
+    deterministic = bool(speed.get("deterministic"))
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -212,15 +173,18 @@ def _reset_rss_peak() -> bool:
 
 @contextlib.contextmanager
 def _measure(device: torch.device, out: dict):
-    """Wall seconds and peak memory of the block.
+    """Wall seconds and the peak memory the block added.
 
-    GPU: torch.cuda.max_memory_allocated. CPU: the process's peak resident memory during the block
-    above its resident memory at the start (VmHWM after resetting it, minus VmRSS), so the figure is
-    what the batch added, not the libraries already loaded; 0 where /proc is unavailable."""
+    GPU: torch.cuda.max_memory_allocated during the block minus what was allocated at its start (the
+    prior's weights, y, x), so the figure is the solve's own working memory. CPU: the process's peak
+    resident memory during the block above its resident memory at the start (VmHWM after resetting
+    it, minus VmRSS); 0 where /proc is unavailable."""
     cuda = device.type == "cuda"
+    base = 0.0
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2 ** 20
     cpu_peak = (not cuda) and _reset_rss_peak()
     rss0 = _proc_status_mb("VmRSS") if cpu_peak else None
     t0 = time.perf_counter()
@@ -231,7 +195,7 @@ def _measure(device: torch.device, out: dict):
             torch.cuda.synchronize(device)
         out["seconds"] = time.perf_counter() - t0
         if cuda:
-            out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+            out["peak_mem_mb"] = max(0.0, torch.cuda.max_memory_allocated(device) / 2 ** 20 - base)
         else:
             hwm = _proc_status_mb("VmHWM") if cpu_peak else None
             out["peak_mem_mb"] = max(0.0, hwm - rss0) if hwm is not None and rss0 is not None else 0.0
@@ -246,18 +210,31 @@ class Cell:
     obj: Any
     config_hash: str
     supported: bool
+    fingerprint: Fingerprint
+    config: dict
+
+
+@dataclass
+class Selection:
+    """What the current protocol and code ask for: (dataset, task, entry) -> (config hash, fingerprint)."""
+    cells: dict[tuple[str, str, str], tuple[str, str]]
+    problem: str = ""
+    files: dict[str, dict[str, str]] = field(default_factory=dict)  # fingerprint -> {file: sha256}
 
 
 class Runner:
-    def __init__(self, protocol: Protocol, results_dir: Path, device: str = "cpu", batch_size: int | None = None,
-                 limit: int | None = None, retry_errors: bool = False, progress: bool | None = None,
-                 log: Callable[[str], None] | None = None, threads: int | None = None) -> None:
+    def __init__(self, protocol: Protocol, results_dir: Path, device: str | torch.device = "cpu",
+                 batch_size: int | None = None, limit: int | None = None, rerun: str = "stale",
+                 progress: bool | None = None, log: Callable[[str], None] | None = None,
+                 threads: int | None = None, retry_errors: bool = False) -> None:
         self.p = protocol
         self.dir = Path(results_dir)
         self.device = torch.device(device)
-        self.batch_size = batch_size or protocol.batch_size
+        self.batch_size = batch_size  # CLI override of every dataset's batch size
         self.limit = limit
-        self.retry_errors = retry_errors
+        if rerun not in RERUN_CHOICES:
+            raise BenchError(f"--rerun {rerun!r}: use one of {', '.join(RERUN_CHOICES)}")
+        self.rerun = "errors" if retry_errors and rerun == "stale" else rerun
         self.rank, self.world = dist_env()
         self.progress = sys.stderr.isatty() and self.rank == 0 if progress is None else progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -265,10 +242,17 @@ class Runner:
         self.threads = threads if threads else default_threads(protocol, self.device)
         if self.threads:
             torch.set_num_threads(self.threads)
+        self.rng_device = self.device if protocol.rng_device == "run" else torch.device("cpu")
+        self._batch_cap: dict[tuple[str, str], int] = {}  # (dataset, entry) -> batch that fit in memory
+        self.store: Store | None = None
+
+    def batch_size_for(self, ds: DatasetSpec) -> int:
+        return self.batch_size or self.p.batch_size_for(ds)
 
     # ---------------------------------------------------------------- preflight
     def preflight(self) -> tuple[dict[str, list[data.ImageRef]], dict[str, torch.nn.Module]]:
-        """Check every image and prior before any work; one message lists every problem."""
+        """Check every image and prior before any work; one message lists every problem. The priors are
+        loaded (and verified) on the CPU; each goes to the device only while its dataset runs."""
         problems, images, priors = [], {}, {}
         for ds in self.p.datasets:
             try:
@@ -280,16 +264,19 @@ class Runner:
             problems.extend(sorted(missing))
         for ds in self.p.datasets if not problems else []:
             try:
-                priors[ds.name] = load_prior(ds.prior, ds.image_size, str(self.device))
+                priors[ds.name] = self._load_prior(ds, "cpu")
             except BenchError as err:
                 problems.append(str(err))
             except (FileNotFoundError, ValueError, RuntimeError, OSError, ImportError) as err:
                 problems.append(f"prior {ds.prior!r} for dataset {ds.name!r}: {err}")
         if problems:
-            needs_ckpt = any("checkpoint" in p for p in problems)
-            hint = "\nDownload the checkpoints with `make checkpoints` (python -m bench checkpoints)." if needs_ckpt else ""
+            hint = ("\nDownload the checkpoints with `make checkpoints` (python -m bench checkpoints)."
+                    if missing else "")
             raise BenchError("cannot start, nothing was run:\n" + "\n".join(problems) + hint)
         return images, priors
+
+    def _load_prior(self, ds: DatasetSpec, device: str | torch.device) -> torch.nn.Module:
+        return load_prior(ds.prior, ds.image_size, device, speed=self.p.speed, unet=ds.unet)
 
     def metric_object(self):
         try:
@@ -312,6 +299,7 @@ class Runner:
         out = []
         for s in self.p.solvers:
             obj = build_solver(s, prior, task.name, ds.name, self.p.smoke)
+            external = obj.external_models() if hasattr(obj, "external_models") else {}
             config = {
                 "seed": self.p.seed, "smoke": self.p.smoke,
                 "dataset": {"name": ds.name, "prior": ds.prior, "image_size": ds.image_size,
@@ -319,51 +307,113 @@ class Runner:
                 "task": {"name": task.name, "params": task.params, "shared_params": task.shared_params,
                          "sigma_y": task.sigma_y},
                 "operator": A_ref.describe(),
-                "solver": {"name": s.name, "params": obj.describe().get("params", {})},
-                "prior": prior_identity(prior, ds.prior),
+                "solver": {"name": s.solver_name, "params": obj.describe().get("params", {}),
+                           "overrides": dict(s.overrides), "external_models": external},
+                "prior": prior_identity(prior, ds.prior, speed=self.p.speed, unet=ds.unet),
                 "metrics": card,
+                "speed": dict(self.p.speed),
+                "rng_device": self.p.rng_device,
             }
             h = config_hash(config)
-            out.append(Cell(ds, task, s, obj, h, bool(obj.supports(A_ref))))
-            self.store.add_config(h, _canon(config))
+            fp = fingerprint(obj, prior, A_ref)
+            out.append(Cell(ds, task, s, obj, h, bool(obj.supports(A_ref)), fp, _canon(config)))
         return out
+
+    def selection(self) -> Selection:
+        """The (config hash, fingerprint) the current protocol and code give every table cell (what `bench
+        table` shows by default); loads the priors, makes no solve."""
+        try:
+            _, priors = self.preflight()
+            card = self.metric_object().card()
+        except BenchError as err:
+            return Selection({}, str(err).splitlines()[-1] if str(err) else "")
+        out, files = {}, {}
+        for ds in self.p.datasets:
+            for task in self.p.tasks:
+                for c in self.cells(ds, task, priors[ds.name], card):
+                    out[(ds.name, task.name, c.solver.name)] = (c.config_hash, c.fingerprint.digest)
+                    files[c.fingerprint.digest] = c.fingerprint.files
+        return Selection(out, files=files)
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> dict[str, int]:
+        apply_speed_flags(self.p.speed, self.device)
         images, priors = self.preflight()
         metrics = self.metric_object()
         card = metrics.card()
-        self.store = Store(self.dir, writer=f"rank{self.rank}")
-        done = self.store.done_keys(retry_errors=self.retry_errors)
+        check_results_dir(self.dir)
+        self.store = Store(self.dir, writer=writer_name(self.rank))
+        stored = _index(load_records(self.dir, all_versions=True))
+        stored_fps = load_fingerprints(self.dir)
         counts = {"ok": 0, "diverged": 0, "unsupported": 0, "error": 0, "skipped": 0}
 
-        plan = []  # (ds, task, cells, my images)
+        plan = []  # (ds, task, cells, my images, todo keys)
+        stale: dict[tuple[str, str], int] = {}
         for ds in self.p.datasets:
             refs = images[ds.name]
             mine = [(i, r) for i, r in enumerate(refs) if i % self.world == self.rank]
             for task in self.p.tasks:
                 cells = self.cells(ds, task, priors[ds.name], card)
-                plan.append((ds, task, cells, mine))
-        todo_total = sum(1 for ds, task, cells, mine in plan for c in cells for _, r in mine
-                         if self._key(c, r) not in done)
-        counts["skipped"] = sum(len(cells) * len(mine) for _, _, cells, mine in plan) - todo_total
+                todo = set()
+                for c in cells:
+                    for _, r in mine:
+                        why = self._needs_run(c, r, stored, stored_fps)
+                        if why is None:
+                            counts["skipped"] += 1
+                            continue
+                        todo.add(self._key(c, r))
+                        if why.startswith("stale"):
+                            stale[(c.solver.name, why)] = stale.get((c.solver.name, why), 0) + 1
+                plan.append((ds, task, cells, mine, todo))
+        for (entry, why), n in sorted(stale.items()):
+            self.log(f"{n} records of {entry} stale: {why[len('stale: '):]}; recomputing them")
+        todo_total = sum(len(t) for *_, t in plan)
+        self.log(f"[rank {self.rank}] {todo_total} records to compute, {counts['skipped']} stored and current "
+                 f"(device {self.device}, random streams on {self.rng_device})")
 
         with _progress(self.progress) as bar:
             overall = bar.add_task("all", total=todo_total) if bar else None
-            for ds, task, cells, mine in plan:
-                cell_todo = sum(1 for c in cells for _, r in mine if self._key(c, r) not in done)
-                sub = bar.add_task(f"{ds.name} / {task.name}", total=cell_todo) if bar and cell_todo else None
-                t_cell = time.perf_counter()
-                for start in range(0, len(mine), self.batch_size):
-                    batch = mine[start:start + self.batch_size]
-                    n = self._run_batch(ds, task, cells, batch, priors[ds.name], metrics, done, counts)
-                    if bar and n:
-                        bar.advance(overall, n)
-                        bar.advance(sub, n)
-                if cell_todo and not bar:
-                    self.log(f"[rank {self.rank}] {ds.name} / {task.name}: {cell_todo} records "
-                             f"in {time.perf_counter() - t_cell:.1f} s")
+            for ds_index, ds in enumerate(self.p.datasets):
+                ds_plan = [entry for entry in plan if entry[0] is ds]
+                if not any(t for *_, t in ds_plan):
+                    continue
+                prior = priors[ds.name].to(self.device)  # only this dataset's prior is on the device
+                for _, task, cells, mine, todo in ds_plan:
+                    sub = bar.add_task(f"{ds.name} / {task.name}", total=len(todo)) if bar and todo else None
+                    t_cell = time.perf_counter()
+                    size = self.batch_size_for(ds)
+                    for start in range(0, len(mine), size):
+                        batch = mine[start:start + size]
+                        n = self._run_batch(ds, task, cells, batch, prior, metrics, todo, counts)
+                        if bar and n:
+                            bar.advance(overall, n)
+                            bar.advance(sub, n)
+                    if todo and not bar:
+                        self.log(f"[rank {self.rank}] {ds.name} / {task.name}: {len(todo)} records "
+                                 f"in {time.perf_counter() - t_cell:.1f} s")
+                if self.device.type != "cpu":
+                    priors[ds.name] = prior.to("cpu")
+                    del prior
+                    release_memory(self.device)
         return counts
+
+    def _needs_run(self, c: Cell, ref: data.ImageRef, stored: dict, stored_fps: dict) -> str | None:
+        """None when a current record exists; else why the record is (re)computed."""
+        versions = stored.get(self._key(c, ref), {})
+        current = versions.get(c.fingerprint.digest)
+        if current is not None:
+            if self.rerun == "all" or (self.rerun == "errors" and current["status"] == "error"):
+                return "rerun"
+            return None
+        if versions:  # records of this configuration made by other code
+            changed: set[str] = set()
+            for fp in versions:
+                files = stored_fps.get(fp)
+                changed.update(c.fingerprint.changed_files(files) if files is not None else ["(unknown files)"])
+            shown = sorted(changed)
+            text = ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
+            return f"stale: {text} changed"
+        return "new"
 
     def _key(self, cell: Cell, ref: data.ImageRef) -> tuple:
         return record_key({"dataset": ref.dataset, "image_id": ref.id, "task": cell.task.name,
@@ -371,8 +421,8 @@ class Runner:
                            "image_sha256": ref.sha256})
 
     def _run_batch(self, ds: DatasetSpec, task: TaskSpec, cells: list[Cell], batch: list[tuple[int, data.ImageRef]],
-                   prior: torch.nn.Module, metrics: Any, done: set, counts: dict) -> int:
-        todo = {c.solver.name: [j for j, (_, r) in enumerate(batch) if self._key(c, r) not in done] for c in cells}
+                   prior: torch.nn.Module, metrics: Any, todo_keys: set, counts: dict) -> int:
+        todo = {c.solver.name: [j for j, (_, r) in enumerate(batch) if self._key(c, r) in todo_keys] for c in cells}
         if not any(todo.values()):
             return 0
         refs = [r for _, r in batch]
@@ -381,8 +431,9 @@ class Runner:
         for c in cells:
             if todo[c.solver.name] and not c.supported:
                 recs = [self._record(c, refs[j], "unsupported", f"{c.solver.name} does not support {task.name}",
-                                     None, None, {}, len(todo[c.solver.name])) for j in todo[c.solver.name]]
-                self.store.append(recs)
+                                     None, {}) for j in todo[c.solver.name]]
+                self._write(c, recs)
+                todo_keys.difference_update(self._key(c, refs[j]) for j in todo[c.solver.name])
                 n_written += len(recs)
                 counts["unsupported"] += len(recs)
                 todo[c.solver.name] = []
@@ -394,7 +445,8 @@ class Runner:
                           seeds=[seeding.operator_seed(self.p.seed, task.name, r.key, task.shared_params) for r in refs],
                           **task.params)
         with torch.no_grad():
-            y = A.measure(x, [seeding.noise_generator(self.p.seed, task.name, r.key) for r in refs])
+            y = A.measure(x, [seeding.noise_generator(self.p.seed, task.name, r.key, device=self.rng_device)
+                              for r in refs])
         grid_idx = [j for j, (i, _) in enumerate(batch) if i < self.p.grid_images]
         if grid_idx:
             self._save_images(ds, task, "_gt", [refs[j] for j in grid_idx], x[grid_idx])
@@ -403,7 +455,7 @@ class Runner:
             idx = todo[c.solver.name]
             if not idx:
                 continue
-            results = self._solve(c, prior, A, x, y, refs, idx)
+            results = self._solve(c, prior, A, y, refs, idx)
             ok = [k for k, res in enumerate(results) if res[0] == "ok"]
             scores: dict[int, dict] = {}
             if ok:  # metrics are per image; one call for the images that succeeded
@@ -413,54 +465,100 @@ class Runner:
             for k, (j, (status, message, x_hat, stats)) in enumerate(zip(idx, results)):
                 if status == "ok" and batch[j][0] < self.p.grid_images:
                     self._save_images(ds, task, c.solver.name, [refs[j]], x_hat)
-                recs.append(self._record(c, refs[j], status, message, scores.get(k), x_hat, stats, len(idx)))
+                recs.append(self._record(c, refs[j], status, message, scores.get(k), stats))
                 counts[status] += 1
-            self.store.append(recs)
-            done.update(self._key(c, refs[j]) for j in idx)
+            self._write(c, recs)
+            todo_keys.difference_update(self._key(c, refs[j]) for j in idx)
             n_written += len(recs)
         return n_written
 
-    def _solve(self, c: Cell, prior: torch.nn.Module, A: operators.Operator, x: torch.Tensor, y: torch.Tensor,
+    def _write(self, c: Cell, recs: list[dict]) -> None:
+        assert self.store is not None
+        self.store.add_config(c.config_hash, c.config)
+        self.store.add_fingerprint(c.fingerprint.digest, c.fingerprint.files)
+        self.store.append(recs)
+
+    # ---------------------------------------------------------------- solving with back-off
+    def _solve(self, c: Cell, prior: torch.nn.Module, A: operators.Operator, y: torch.Tensor,
                refs: list[data.ImageRef], idx: list[int]) -> list[tuple[str, str, torch.Tensor | None, dict]]:
-        """Solve images idx of the batch; on failure retry one by one so each image gets its own status."""
-        gens = [seeding.solver_generator(self.p.seed, c.task.name, refs[j].key, c.solver.name) for j in idx]
-        A_sub = A.select(idx) if len(idx) != y.shape[0] else A
+        """Solve images idx of the batch, in chunks of at most the batch that fitted in memory so far.
+
+        Out of memory: the chunk is halved (down to 1) and retried after the failed attempt's tensors are
+        released (the retry happens outside the `except` block, so the traceback no longer holds them);
+        the smaller batch is kept for the rest of the run of this (dataset, solver). Any other failure of a
+        chunk of several images: each image is retried alone, so each gets its own status. Image i's result
+        never depends on its chunk (per-image streams), so the records equal a batch-1 run's."""
+        cap_key = (c.dataset.name, c.solver.name)
+        cap = self._batch_cap.get(cap_key, len(idx))
+        queue = [idx[i:i + cap] for i in range(0, len(idx), cap)]
+        done: dict[int, tuple[str, str, torch.Tensor | None, dict]] = {}
+        while queue:
+            chunk = queue.pop(0)
+            outcome = self._attempt(c, prior, A, y, refs, chunk)
+            if outcome[0] == "ok":
+                done.update(zip(chunk, outcome[1]))
+                continue
+            kind, message, status = outcome
+            if kind == "oom":
+                release_memory(self.device)
+                if len(chunk) > 1:
+                    half = (len(chunk) + 1) // 2
+                    self._batch_cap[cap_key] = min(self._batch_cap.get(cap_key, half), half)
+                    self.log(f"out of memory at batch {len(chunk)} ({c.dataset.name} / {c.task.name} / "
+                             f"{c.solver.name}); retrying at batch {half}")
+                    queue[:0] = [chunk[:half], chunk[half:]]
+                    continue
+                message = (f"out of memory at batch 1 on {self.device}: {message}; use a GPU with more memory, "
+                           f"speed: {{checkpointing: true}} or precision: bf16")[:500]
+            if len(chunk) > 1:
+                queue[:0] = [[j] for j in chunk]
+                continue
+            done[chunk[0]] = (status, message, None, {})
+        return [done[j] for j in idx]
+
+    def _attempt(self, c: Cell, prior: torch.nn.Module, A: operators.Operator, y: torch.Tensor,
+                 refs: list[data.ImageRef], chunk: list[int]) -> tuple:
+        """One solve of `chunk`: ("ok", per-image results) or (kind, message, status) with kind oom|fail.
+        Nothing of a failed attempt survives this function (no exception object, no traceback)."""
+        gens = [seeding.solver_generator(self.p.seed, c.task.name, refs[j].key, c.solver.solver_name,
+                                         device=self.rng_device) for j in chunk]
+        A_sub = A.select(chunk) if len(chunk) != y.shape[0] else A
         stats: dict = {}
+        failure = None
         try:
             with _measure(self.device, stats):
-                x_hat = c.obj.solve(y[idx], A_sub, generator=gens)
-            nfe = getattr(prior, "nfe", None)
-            per = {"nfe_forward": (nfe.forward / len(idx)) if nfe else 0,
-                   "nfe_backward": (nfe.backward / len(idx)) if nfe else 0,
-                   "seconds": stats["seconds"] / len(idx), "peak_mem_mb": stats["peak_mem_mb"]}
-            out = []
-            for k in range(len(idx)):
-                xk = x_hat[k:k + 1]
-                if torch.isfinite(xk).all():
-                    out.append(("ok", "", xk, per))
-                else:
-                    out.append(("diverged", "non-finite output", None, per))
-            return out
+                x_hat = c.obj.solve(y[chunk], A_sub, generator=gens)
         except KeyboardInterrupt:
             raise
         except UnsupportedTask as err:
-            return [("unsupported", str(err), None, {})] * len(idx)
+            failure = ("fail", str(err), "unsupported")
         except Exception as err:  # noqa: BLE001 - a failing solver becomes a failed record
-            if len(idx) > 1:
-                return [r for j in idx for r in self._solve(c, prior, A, x, y, refs, [j])]
-            status = "diverged" if isinstance(err, SolverDiverged) else "error"
-            return [(status, f"{type(err).__name__}: {err}"[:500], None, stats)]
+            if is_out_of_memory(err):
+                failure = ("oom", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", "error")
+            else:
+                status = "diverged" if isinstance(err, SolverDiverged) else "error"
+                failure = ("fail", f"{type(err).__name__}: {err}"[:500], status)
+        if failure is not None:
+            return failure
+        nfe = getattr(prior, "nfe", None)
+        n = len(chunk)
+        per = {"nfe_forward": (nfe.forward / n) if nfe else 0, "nfe_backward": (nfe.backward / n) if nfe else 0,
+               "seconds": stats["seconds"] / n, "peak_mem_mb": stats["peak_mem_mb"], "batch_size": n}
+        finite = torch.isfinite(x_hat.flatten(1)).all(1).tolist()  # one read-back per batch, after the solve
+        return ("ok", [("ok", "", x_hat[k:k + 1], per) if finite[k] else ("diverged", "non-finite output", None, per)
+                       for k in range(n)])
 
     def _record(self, c: Cell, ref: data.ImageRef, status: str, message: str, scores: dict | None,
-                x_hat: Any, stats: dict, batch_size: int) -> dict:
+                stats: dict) -> dict:
         scores = scores or {}
         return {"dataset": ref.dataset, "image_id": ref.id, "task": c.task.name, "solver": c.solver.name,
-                "seed": self.p.seed, "config_hash": c.config_hash, "image_sha256": ref.sha256,
-                "status": status, "message": message,
+                "solver_class": c.solver.solver_name,
+                "seed": self.p.seed, "config_hash": c.config_hash, "fingerprint": c.fingerprint.digest,
+                "image_sha256": ref.sha256, "status": status, "message": message,
                 "psnr": scores.get("psnr"), "ssim": scores.get("ssim"), "lpips": scores.get("lpips"),
                 "nfe_forward": stats.get("nfe_forward"), "nfe_backward": stats.get("nfe_backward"),
                 "seconds": stats.get("seconds"), "peak_mem_mb": stats.get("peak_mem_mb"),
-                "batch_size": batch_size, "device": str(self.device), "code_version": self.version,
+                "batch_size": stats.get("batch_size"), "device": str(self.device), "code_version": self.version,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def _save_images(self, ds: DatasetSpec, task: TaskSpec, column: str, refs: list[data.ImageRef],
@@ -470,6 +568,14 @@ class Runner:
         for r, xi in zip(refs, xs):
             image = Image.fromarray(data.to_uint8(xi))
             atomic_write(folder / f"{r.id}.png", lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _index(records: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """key -> fingerprint -> record."""
+    out: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        out.setdefault(record_key(r), {})[r.get("fingerprint") or ""] = r
+    return out
 
 
 def _measurement_view(A: operators.Operator, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

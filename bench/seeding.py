@@ -12,6 +12,14 @@ kernel), the measurement noise and each solver's randomness use three different 
 
 The seed is the first 8 bytes of the digest, masked to 63 bits (torch.Generator); operator seeds are
 masked to 31 bits, since operators seed numpy's legacy RandomState (which takes < 2**32).
+
+Where the numbers are drawn: `device` creates each generator on the run's device (the default of the
+harness, `rng_device: run`): noise is drawn where it is used, with no host work and no copy; image i
+still draws from stream i, so results are batch-invariant on any one device, but a CUDA generator
+(Philox) gives other numbers than a CPU one (Mersenne Twister). `device="cpu"` (`rng_device: cpu`)
+keeps CPU streams on any device (drawn on the CPU, then copied once): the same numbers everywhere.
+The meta device (the device audit, bench/device_audit.py) has no generators: a CPU generator stands
+in, and `operators.noise.randn_per_image` draws on meta with it.
 """
 from __future__ import annotations
 
@@ -26,9 +34,10 @@ def stream_seed(seed: int, *parts: object, bits: int = 63) -> int:
     return int.from_bytes(digest[:8], "big") & ((1 << bits) - 1)
 
 
-def generator(seed: int, *parts: object) -> torch.Generator:
-    """A CPU torch.Generator for one stream (noise is drawn on CPU, then moved: device-independent)."""
-    g = torch.Generator(device="cpu")
+def generator(seed: int, *parts: object, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch.Generator on `device` seeded for one stream (meta: a CPU generator, see module docstring)."""
+    dev = torch.device(device)
+    g = torch.Generator(device="cpu" if dev.type == "meta" else dev)
     g.manual_seed(stream_seed(seed, *parts))
     return g
 
@@ -37,9 +46,12 @@ def operator_seed(seed: int, task: str, image_key: str, shared: bool) -> int:
     return stream_seed(seed, "operator", task, "shared" if shared else image_key, bits=31)
 
 
-def noise_generator(seed: int, task: str, image_key: str) -> torch.Generator:
-    return generator(seed, "noise", task, image_key)
+def noise_generator(seed: int, task: str, image_key: str, device: str | torch.device = "cpu") -> torch.Generator:
+    """The measurement-noise stream of one image, on `device`."""
+    return generator(seed, "noise", task, image_key, device=device)
 
 
-def solver_generator(seed: int, task: str, image_key: str, solver: str) -> torch.Generator:
-    return generator(seed, "solver", task, image_key, solver)
+def solver_generator(seed: int, task: str, image_key: str, solver: str,
+                     device: str | torch.device = "cpu") -> torch.Generator:
+    """The stream of one solver's randomness for one image, on `device`."""
+    return generator(seed, "solver", task, image_key, solver, device=device)

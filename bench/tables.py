@@ -14,6 +14,13 @@ Outputs in results/<protocol>/ (byte-identical for identical records: sorted row
 
 The layout (order and labels of datasets, tasks and methods) comes from the protocol when given,
 otherwise from sorted names; the numbers come only from the records.
+
+One row is one configuration made by one version of the code: records are grouped by (dataset, task,
+entry, config hash, code fingerprint) and never averaged across those. By default a row shows the
+variant the current protocol and code ask for (`selection`); every other variant in the store is listed
+under the table (count, what differs in words: "lr 2.5 -> 1.0", "code: solvers/spgd.py changed"), and
+`all_configs` adds them as labelled rows (never ranked). A row whose solver uses a model besides the
+protocol's prior (its config's `external_models`, e.g. PnP-ADMM's DnCNN) carries a footnote naming it.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Any, Iterable
 
 from scipy import stats as sps
 
-from bench.fileio import atomic_write_text
+from common.fileio import atomic_write_text
 
 METRICS = ("psnr", "ssim", "lpips")
 HIGHER_BETTER = {"psnr": True, "ssim": True, "lpips": False}
@@ -40,6 +47,7 @@ class Layout:
     datasets: list[tuple[str, str]] = field(default_factory=list)  # (name, label)
     tasks: list[tuple[str, str]] = field(default_factory=list)
     methods: list[tuple[str, str]] = field(default_factory=list)
+    unranked: set[str] = field(default_factory=set)  # rows shown but never ranked (other configurations)
 
     @classmethod
     def from_protocol(cls, protocol: Any) -> "Layout":
@@ -56,6 +64,7 @@ class Layout:
             names = {n for n, _ in known}
             extra = [(n, ORACLE_LABELS.get(n, n)) for n in present if n not in names]
             setattr(out, attr, known + extra)
+        out.unranked = set(self.unranked)
         return out
 
 
@@ -67,6 +76,9 @@ class Cell:
     std: dict[str, float]
     ci: dict[str, tuple[float, float]]
     status: dict[str, int]
+    images: frozenset = frozenset()
+    config_hash: str = ""
+    fingerprint: str = ""
 
 
 def _mean_std_ci(values: list[float]) -> tuple[float, float, tuple[float, float]]:
@@ -96,7 +108,13 @@ def aggregate(records: Iterable[dict]) -> dict[tuple[str, str, str], Cell]:
         status: dict[str, int] = {}
         for r in rs:
             status[r["status"]] = status.get(r["status"], 0) + 1
-        out[key] = Cell(len(rs), len(ok), mean, std, ci, status)
+        hashes = {r["config_hash"] for r in rs}
+        fps = {r.get("fingerprint") or "" for r in rs}
+        if len(hashes) > 1 or len(fps) > 1:  # select_rows gives every variant its own row
+            raise ValueError(f"{key}: records of {len(hashes)} configurations / {len(fps)} code versions in one "
+                             f"row; a row is one configuration made by one version of the code")
+        out[key] = Cell(len(rs), len(ok), mean, std, ci, status, frozenset(r["image_id"] for r in rs),
+                        hashes.pop(), fps.pop())
     return out
 
 
@@ -108,7 +126,8 @@ def _f(x: float, digits: int = 6) -> str:
 def tidy_csv(cells: dict, layout: Layout) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["dataset", "task", "method", "metric", "mean", "std", "n", "ci95_low", "ci95_high", "n_ok", "n_total"])
+    w.writerow(["dataset", "task", "method", "metric", "mean", "std", "n", "ci95_low", "ci95_high", "n_ok", "n_total",
+                "config_hash", "fingerprint"])
     for ds, _ in layout.datasets:
         for task, _ in layout.tasks:
             for method, _ in layout.methods:
@@ -117,17 +136,18 @@ def tidy_csv(cells: dict, layout: Layout) -> str:
                     continue
                 for m in METRICS:
                     w.writerow([ds, task, method, m, _f(c.mean[m]), _f(c.std[m]), c.n_ok, _f(c.ci[m][0]),
-                                _f(c.ci[m][1]), c.n_ok, c.n_total])
+                                _f(c.ci[m][1]), c.n_ok, c.n_total, c.config_hash, c.fingerprint])
     return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------- ranking
-def _ranks(cells: dict, ds: str, task: str, methods: list[str], metric: str) -> dict[str, int]:
+def _ranks(cells: dict, ds: str, task: str, methods: list[str], metric: str,
+           unranked: set[str] = frozenset()) -> dict[str, int]:
     """1 = best, 2 = second, over non-oracle methods with results; ties (at display precision) share a rank."""
     vals = {}
     for m in methods:
         c = cells.get((ds, task, m))
-        if c is None or m in ORACLE_LABELS or c.n_ok == 0 or math.isnan(c.mean[metric]):
+        if c is None or m in ORACLE_LABELS or m in unranked or c.n_ok == 0 or math.isnan(c.mean[metric]):
             continue
         vals[m] = round(c.mean[metric], DIGITS[metric])
     distinct = sorted(set(vals.values()), reverse=HIGHER_BETTER[metric])
@@ -158,14 +178,14 @@ def markdown(cells: dict, layout: Layout, title: str, footer: str) -> str:
              "\"–\": not run (unsupported task) or no success.", ""]
     methods = [m for m, _ in layout.methods]
     for ds, ds_label in layout.datasets:
-        n_images = max((c.n_total for (d, _, _), c in cells.items() if d == ds), default=0)
+        n_images = len({i for (d, _, _), c in cells.items() if d == ds for i in c.images})
         lines += [f"## {ds_label} ({n_images} images)", ""]
         head = ["Method"]
         for _, t_label in layout.tasks:
             head += [f"{t_label} {ARROW['psnr']}", ARROW["ssim"], ARROW["lpips"]]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" + "---:|" * (len(head) - 1))
-        ranks = {(t, m): _ranks(cells, ds, t, methods, m) for t, _ in layout.tasks for m in METRICS}
+        ranks = {(t, m): _ranks(cells, ds, t, methods, m, layout.unranked) for t, _ in layout.tasks for m in METRICS}
         for method, label in layout.methods:
             if not any((ds, t, method) in cells for t, _ in layout.tasks):
                 continue
@@ -189,7 +209,7 @@ def latex(cells: dict, layout: Layout, title: str) -> str:
     out.append("Method" + " & PSNR$\\uparrow$ & SSIM$\\uparrow$ & LPIPS$\\downarrow$" * nt + r" \\")
     for ds, ds_label in layout.datasets:
         out += [r"\midrule", rf"\multicolumn{{{1 + 3 * nt}}}{{l}}{{\textit{{{_tex(ds_label)}}}}} \\", r"\midrule"]
-        ranks = {(t, m): _ranks(cells, ds, t, methods, m) for t, _ in layout.tasks for m in METRICS}
+        ranks = {(t, m): _ranks(cells, ds, t, methods, m, layout.unranked) for t, _ in layout.tasks for m in METRICS}
         for method, label in layout.methods:
             if not any((ds, t, method) in cells for t, _ in layout.tasks):
                 continue
@@ -276,13 +296,26 @@ def reference_markdown(cells: dict, layout: Layout, ref: dict, title: str, sourc
 
 
 # --------------------------------------------------------------------------------------- footer
-def footer(records: list[dict], configs: dict[str, dict]) -> str:
+def external_models(records: list[dict], configs: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """Row id -> the models it uses besides the protocol's prior (from its configuration)."""
+    out: dict[str, dict[str, str]] = {}
+    for r in records:
+        ext = (configs.get(r["config_hash"], {}).get("solver") or {}).get("external_models") or {}
+        if ext:
+            out[r["solver"]] = dict(ext)
+    return out
+
+
+def footer(records: list[dict], configs: dict[str, dict], notes: list[str] | None = None,
+           marks: dict[str, tuple[str, dict[str, str]]] | None = None, labels: dict[str, str] | None = None) -> str:
     used = sorted({r["config_hash"] for r in records})
     cfgs = [configs[h] for h in used if h in configs]
     lines = ["### Metric card and protocol", ""]
     cards = sorted({_kv(c.get("metrics", {})) for c in cfgs})
     for card in cards or ["(no configuration stored with these records)"]:
         lines.append(f"- metrics: {card}")
+    lines.append("- PSNR of an image equal to its reference is capped at 100 dB (MSE floored at 1e-10), so no mean "
+                 "is +inf")
     noise = sorted({f"{c['task']['name']}: sigma_y = {c['task']['sigma_y']:g}" for c in cfgs if "task" in c})
     if noise:
         lines.append("- measurement noise (std in [-1,1] pixel units; 0.05 there = 0.025 on [0,1]): " + "; ".join(noise))
@@ -290,16 +323,32 @@ def footer(records: list[dict], configs: dict[str, dict]) -> str:
                      f"manifest {c['dataset']['manifest']})" for c in cfgs if "dataset" in c})
     if priors:
         lines.append("- data and prior: " + "; ".join(priors))
+    speeds = sorted({_kv(c["speed"]) for c in cfgs if "speed" in c})
+    if speeds:
+        lines.append("- speed switches: " + " | ".join(speeds) + " (fp32 and every switch off reproduce the "
+                     "reference numbers; see README 'GPU machines')")
+    rng = sorted({c["rng_device"] for c in cfgs if "rng_device" in c})
+    if rng:
+        words = {"run": "drawn on the run's device", "cpu": "drawn on the CPU (identical on every device)"}
+        lines.append("- random streams: " + "; ".join(words.get(v, v) for v in rng))
     seeds = sorted({str(r["seed"]) for r in records})
     lines.append(f"- seed: {', '.join(seeds)}; per-image operator, noise and solver streams (bench/seeding.py)")
     versions = sorted({r.get("code_version", "?") for r in records})
     lines.append(f"- code version: {', '.join(versions)}")
+    fps = sorted({r.get("fingerprint") or "?" for r in records})
+    lines.append(f"- code fingerprints (bench/fingerprint.py; one per row, listed in table1.csv): {len(fps)} distinct")
+    for row, (mark, models) in sorted((marks or {}).items(), key=lambda kv: kv[1][0]):
+        what = "; ".join(f"{k}: {v}" for k, v in sorted(models.items()))
+        lines.append(f"- {mark} {(labels or {}).get(row, row)} uses a model besides the protocol's prior: {what}")
     failed = sorted({(r["solver"], r["task"], r["status"], r["message"]) for r in records
                      if r["status"] in ("diverged", "error")})
     if failed:
         lines.append("- failures:")
         for solver, task, status, msg in failed[:20]:
             lines.append(f"  - {solver} / {task}: {status}: {msg}")
+    if notes:
+        lines += ["", "### Other configurations in the store", ""]
+        lines += [f"- {n}" for n in notes]
     return "\n".join(lines)
 
 
@@ -312,16 +361,39 @@ def _kv(d: dict) -> str:
 TABLE_STEM = "table1"
 
 
+MARKS = "¹²³⁴⁵⁶⁷⁸⁹"
+
+
 def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: str, layout: Layout | None = None,
-          reference: Path | None = None, description: str = "") -> list[Path]:
-    """Write every table of a results folder; returns the files written."""
-    layout = (layout or Layout()).complete(records)
-    cells = aggregate(records)
+          reference: Path | None = None, description: str = "", selection: dict | None = None,
+          selection_problem: str = "", all_configs: bool = False,
+          fingerprints: dict[str, dict] | None = None) -> list[Path]:
+    """Write every table of a results folder; returns the files written.
+
+    `records`: every record of the store (all versions); `selection`: (dataset, task, entry) -> (config hash,
+    fingerprint) that the current protocol and code ask for (None: unknown, see bench/variants.py)."""
+    from bench.variants import select_rows
+    layout = layout or Layout()
+    labels = dict(layout.methods)
+    rows = select_rows(records, configs, selection or None, all_configs, fingerprints, labels)
+    notes = list(rows.notes)
+    if selection_problem:
+        notes.insert(0, f"the configuration the protocol asks for could not be computed ({selection_problem}); "
+                        f"every configuration in the store is shown, labelled")
+    base = Layout(layout.datasets, layout.tasks, _with_extra(layout.methods, rows), layout.unranked | rows.unranked)
+    shown = rows.records
+    layout = base.complete(shown)
+    ext = external_models(shown, configs)
+    marks = {row: (MARKS[i % len(MARKS)], models) for i, (row, models) in
+             enumerate(sorted(ext.items(), key=lambda kv: [m for m, _ in layout.methods].index(kv[0])))}
+    layout.methods = [(m, lab + marks[m][0] if m in marks else lab) for m, lab in layout.methods]
+    cells = aggregate(shown)
     title = f"{name}: {description}" if description else name
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = TABLE_STEM
+    foot = footer(shown, configs, notes, marks, dict(layout.methods))
     files = {f"{stem}.csv": tidy_csv(cells, layout),
-             f"{stem}.md": markdown(cells, layout, title, footer(records, configs)),
+             f"{stem}.md": markdown(cells, layout, title, foot),
              f"{stem}.tex": latex(cells, layout, title)}
     cost_md, cost_csv = cost_tables(cells, layout, title)
     files[f"{stem}_cost.md"], files[f"{stem}_cost.csv"] = cost_md + "\n", cost_csv
@@ -332,3 +404,17 @@ def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: st
     for fname, text in files.items():
         written.append(atomic_write_text(out_dir / fname, text))
     return written
+
+
+def _with_extra(methods: list[tuple[str, str]], rows: Any) -> list[tuple[str, str]]:
+    """The layout's rows, each followed by the extra (other-variant) rows of the same entry."""
+    out: list[tuple[str, str]] = []
+    placed = set()
+    for m, lab in methods:
+        out.append((m, lab))
+        for row, row_label in rows.methods:
+            if rows.base_method.get(row) == m:
+                out.append((row, row_label))
+                placed.add(row)
+    out += [(row, lab) for row, lab in rows.methods if row not in placed]
+    return out

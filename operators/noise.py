@@ -25,18 +25,40 @@ Tensor = torch.Tensor
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
+def draw_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
+    """Where noise for `like` is drawn: on `like`'s device when the generator lives there (or is None, or
+    `like` is on the meta device, which has no generators: the device audit), else on the generator's
+    device (CPU streams on a GPU run: `rng_device: cpu`), followed by one copy."""
+    if generator is None or like.device.type == "meta" or generator.device == like.device:
+        return like.device
+    return generator.device
+
+
 def randn_per_image(like: Tensor, generator: Generators) -> Tensor:
     """Standard normal noise shaped like `like`; a list of generators draws image i from generator i.
 
-    Draws on the CPU (so a seeded torch.Generator gives the same numbers on every device), then moves
-    the result to `like`'s device and dtype.
+    Image i's numbers come from generator i alone (one `normal_` fill of row i of one preallocated
+    output, the same numbers as `torch.randn(like.shape[1:], generator=g_i)`), so they never depend on
+    the rest of the batch. Drawn where `draw_device` says: on `like`'s device for generators living
+    there (no host work, no copy); CPU generators with a tensor on another device draw on the CPU and
+    the batch is copied once (the same numbers on every device).
     """
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+        device = draw_device(generator, like)
+        out = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device)
+        return out if device == like.device else out.to(like.device)
     gens = list(generator)
     if len(gens) != like.shape[0]:
         raise ValueError(f"got {len(gens)} generators for a batch of {like.shape[0]}")
-    return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in gens]).to(like.device)
+    devices = {draw_device(g, like) for g in gens}
+    if len(devices) != 1:
+        raise ValueError(f"the generators of one batch live on different devices ({sorted(map(str, devices))}); "
+                         f"create them all on one device (bench/seeding.py `device=`)")
+    device = devices.pop()
+    out = torch.empty(like.shape, dtype=like.dtype, device=device)
+    for row, g in zip(out, gens):
+        row.normal_(generator=g)
+    return out if device == like.device else out.to(like.device)
 
 
 class GaussianNoise:

@@ -100,8 +100,13 @@ class GroupNorm32(nn.GroupNorm):
         return out.to(x.dtype)
 
 
+def _autocast_device(device_type: str) -> bool:
+    """Whether torch.autocast knows this device type (not `meta`, where the device audit runs)."""
+    return device_type != "meta"
+
+
 def _no_autocast(x: Tensor):
-    if torch.is_autocast_enabled(x.device.type):
+    if _autocast_device(x.device.type) and torch.is_autocast_enabled(x.device.type):
         return torch.autocast(x.device.type, enabled=False)
     return contextlib.nullcontext()
 
@@ -465,7 +470,7 @@ class ADMPrior(DiffusionPrior):
     def _model(self, x_k: Tensor, k: Tensor) -> tuple[Tensor, Tensor | None]:
         x = x_k.contiguous(memory_format=torch.channels_last) if self.channels_last else x_k
         t = k.to(device=x_k.device, dtype=torch.float32)
-        if self.autocast_dtype is None:
+        if self.autocast_dtype is None or not _autocast_device(x.device.type):
             out = self._net(x, t)
         else:
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):

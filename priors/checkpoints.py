@@ -10,10 +10,13 @@ the computed hash is printed so it can be pinned.
 from __future__ import annotations
 
 import argparse
+import errno
 import html as html_lib
 import http.client
 import os
 import re
+import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -28,6 +31,9 @@ from priors.registry import SPECS, CheckpointError, CheckpointSpec, checkpoint_d
 
 USER_AGENT = "restorebench-checkpoints/1.0"
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError)
+# no network / wrong host / nothing listening: another attempt cannot succeed, so fail at once
+_UNREACHABLE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM}
 
 
 class _Incomplete(Exception):
@@ -109,12 +115,38 @@ def fetch_file(url: str, dest: Path, *, size: int | None = None, sha256: str | N
                                           f"or download the file by hand to {dest}") from exc
                 last_error = exc
             except (_Incomplete, *_RETRYABLE) as exc:
+                permanent = permanent_failure(exc, current, part)
+                if permanent is not None:
+                    raise CheckpointError(f"{permanent}; or download {url} by hand to {dest}") from exc
                 last_error = exc
             failures += 1
             time.sleep(min(backoff * failures, 30.0))
     _verify_part(part, dest, url, size, sha256, label)
     os.replace(part, dest)
     return dest
+
+
+def permanent_failure(exc: BaseException, url: str, part: Path) -> str | None:
+    """What is wrong, when retrying `exc` cannot help (DNS failure, connection refused, no route, TLS
+    certificate, local disk); None for what may pass (timeouts, resets mid-transfer, 5xx, short reads)."""
+    reason: Any = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    parts = urllib.parse.urlparse(url)
+    host = parts.hostname or url
+    where = f"{host}:{parts.port}" if parts.port else host
+    if isinstance(reason, socket.gaierror):
+        return (f"cannot resolve host {host} ({reason.strerror or reason}): no network or DNS, or a wrong link; "
+                f"check the connection (and proxy settings, HTTPS_PROXY) and run again")
+    if isinstance(reason, ConnectionRefusedError):
+        return f"connection to {where} refused: nothing serves that address; check the link or proxy and run again"
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return (f"TLS certificate of {host} not accepted ({reason.verify_message or reason}); fix the system's CA "
+                f"certificates (or SSL_CERT_FILE) and run again")
+    if isinstance(reason, OSError) and reason.errno in _UNREACHABLE_ERRNOS:
+        return f"cannot reach {where} ({reason.strerror}): no network route; check the connection and run again"
+    if isinstance(reason, OSError) and not isinstance(reason, (ConnectionError, TimeoutError)) \
+            and reason.errno in _LOCAL_ERRNOS and getattr(reason, "filename", None):
+        return f"cannot write {reason.filename} ({reason.strerror}); free space or fix permissions of {part.parent}"
+    return None
 
 
 def _total_size(resp: Any, offset: int) -> int | None:
@@ -249,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {path}")
         except CheckpointError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            status = 1
+        except OSError as exc:  # e.g. the destination folder cannot be created
+            print(f"error: {name}: {exc.strerror or exc}: {exc.filename or ''}; choose another folder with --dir "
+                  f"or $RESTOREBENCH_CHECKPOINTS", file=sys.stderr)
             status = 1
     return status
 

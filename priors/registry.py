@@ -15,7 +15,6 @@ wrong-checksum file raises `CheckpointError` naming the file and the fix.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -26,6 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
+from common.fileio import sha256_file
 from priors.base import DiffusionPrior
 
 ENV_DIR = "RESTOREBENCH_CHECKPOINTS"
@@ -229,14 +229,6 @@ def check_architecture(expected: Mapping[str, torch.Tensor], state: Mapping[str,
 
 
 # --------------------------------------------------------------------------- verification
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_file(path: Path, spec: CheckpointSpec) -> None:
     """Size (when known) and sha256 (when pinned) of a checkpoint file; the hash is cached beside it."""
     fix = fix_hint(spec, path)

@@ -33,6 +33,23 @@ class VPSchedule:
         betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
+        object.__setattr__(self, "_tables", {})
+
+    def table(self, name: str, device: torch.device | str) -> Tensor:
+        """A float64 table of the schedule on `device`, copied there once and cached (no host-device copy
+        in a step loop): "log_abar" (log abar_k for k = -1..num_steps-1, abar_{-1} = 1), "betas",
+        "alphas_cumprod", "alphas_cumprod_prev"."""
+        device = torch.device(device)
+        key = (name, device)
+        if key not in self._tables:
+            if name == "log_abar":
+                cpu = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
+            elif name in ("betas", "alphas_cumprod", "alphas_cumprod_prev"):
+                cpu = getattr(self, name)
+            else:
+                raise ValueError(f"unknown schedule table {name!r}")
+            self._tables[key] = cpu.to(device)
+        return self._tables[key]
 
     @property
     def alphas_cumprod_prev(self) -> Tensor:
@@ -43,10 +60,10 @@ class VPSchedule:
         """abar at (possibly fractional, possibly per-image) index k, float64.
 
         Integer k reproduces the table (to float64 rounding); fractional k interpolates log(abar)
-        linearly. k = -1 gives 1 (the clean end). The result lives on k's device.
+        linearly. k = -1 gives 1 (the clean end). The result lives on k's device (tables cached there).
         """
         k = torch.as_tensor(k, dtype=torch.float64)
-        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)]).to(k.device)
+        log_ab = self.table("log_abar", k.device)
         pos = (k + 1.0).clamp(0, self.num_steps)
         lo = pos.floor().long().clamp(max=self.num_steps - 1)
         frac = pos - lo
@@ -62,7 +79,7 @@ class VPSchedule:
         """Fractional discrete index k with sigma_k = sigma (inverse of `sigma`, log-linear in abar)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         target = -torch.log1p(sigma**2)
-        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)]).to(sigma.device)
+        log_ab = self.table("log_abar", sigma.device)
         # log_ab is decreasing in position; search on the negated array.
         neg = -log_ab
         pos_hi = torch.searchsorted(neg, -target).clamp(1, self.num_steps)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import yaml
@@ -94,10 +94,17 @@ class Solver:
     defaults: ClassVar[dict[str, Any]] = {}
     #: overrides for smoke runs (CI smoke protocol, generic tests): fewer steps, same algorithm
     smoke: ClassVar[dict[str, Any]] = {}
+    #: inside `solve`, the on-device divergence flag is read back every `check_every` `check_finite`
+    #: calls and at the end (one host sync per check_every steps, bench/device_audit.py)
+    check_every: ClassVar[int] = 10
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("name"):
+            have = _REGISTRY.get(cls.name)
+            if have is not None and _is_builtin(have) and not _is_builtin(cls) and _origin(have) != _origin(cls):
+                raise SolverError(f"solver name {cls.name!r} of {_origin(cls)} clashes with the built-in solver "
+                                  f"{_origin(have)}; give your solver another `name`")
             _REGISTRY[cls.name] = cls
 
     def __init__(self, prior: DiffusionPrior, task: str | None = None, dataset: str | None = None,
@@ -141,17 +148,74 @@ class Solver:
         if not self.supports(A):
             raise UnsupportedTask(f"solver {self.name!r} does not support task {A.name!r}")
         self.prior.reset_counters()
-        x = self._solve(y, A, RNG(generator, y.shape[0]))
+        self._divergence = DivergenceFlag()
+        try:
+            x = self._solve(y, A, RNG(generator, y.shape[0]))
+            self._divergence.raise_if_diverged()
+        finally:
+            self._divergence = None
         return x.detach().clamp(-1, 1).where(torch.isfinite(x), x.detach())
 
     def describe(self) -> dict[str, Any]:
         return {"solver": self.name, "task": self.task, "dataset": self.dataset,
-                "params": dict(self.params), "sources": dict(self.sources)}
+                "params": dict(self.params), "sources": dict(self.sources),
+                "external_models": self.external_models()}
 
-    @staticmethod
-    def check_finite(x: Tensor, where: str) -> None:
-        if not torch.isfinite(x).all():
-            raise SolverDiverged(f"non-finite iterate at {where}")
+    def external_models(self) -> dict[str, str]:
+        """Models this solver uses besides the protocol's prior, role -> what it is (name, weights file, sha256),
+        so that they enter the config and tables can name them; {} = the prior is the only model used."""
+        return {}
+
+    def check_finite(self, x: Tensor, where: str | Callable[[], str]) -> None:
+        """Raise SolverDiverged("non-finite iterate at <where>") if x has a NaN/inf.
+
+        Inside `solve` the test stays on the device (no sync): the flag is read back every
+        `check_every` calls and when the solve ends, and the message names the first failing call.
+        Outside a solve (a helper called directly) it reads back at once. `where` may be a callable,
+        evaluated only when raising (for messages that would read device values).
+        """
+        flag = self.__dict__.get("_divergence")
+        if flag is None:
+            if not bool(torch.isfinite(x).all()):
+                raise SolverDiverged(f"non-finite iterate at {_describe(where)}")
+            return
+        flag.record(x, where)
+        if flag.pending >= self.check_every:
+            flag.raise_if_diverged()
+
+
+class DivergenceFlag:
+    """On-device record of the first non-finite `Solver.check_finite` call since the last read-back.
+
+    `first` is a 0-dim int64 tensor on the iterate's device: 0 when every recorded iterate was finite,
+    else the 1-based position of the first non-finite one among `wheres`. `raise_if_diverged` is the
+    only host read (one `int(first)`).
+    """
+
+    def __init__(self) -> None:
+        self.wheres: list[str | Callable[[], str]] = []
+        self.first: Tensor | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self.wheres)
+
+    def record(self, x: Tensor, where: str | Callable[[], str]) -> None:
+        self.wheres.append(where)
+        hit = (~torch.isfinite(x).all()).to(torch.int64) * len(self.wheres)
+        self.first = hit if self.first is None else torch.where(self.first > 0, self.first, hit)
+
+    def raise_if_diverged(self) -> None:
+        first, wheres = self.first, self.wheres
+        self.first, self.wheres = None, []
+        if first is not None:
+            position = int(first)
+            if position:
+                raise SolverDiverged(f"non-finite iterate at {_describe(wheres[position - 1])}")
+
+
+def _describe(where: str | Callable[[], str]) -> str:
+    return where() if callable(where) else where
 
 
 def initial_estimate(y: Tensor, A: Operator, image_shape: tuple[int, ...]) -> Tensor:
@@ -179,11 +243,36 @@ def _entries(block: dict[str, Any] | None, where: str) -> dict[str, dict[str, An
 
 
 def load_config(name: str) -> dict[str, Any]:
+    """The parsed `<CONFIG_DIR>/<name>.yaml` ({} when absent); SolverError naming file and line if malformed."""
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
         return {}
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    shown = _shown_path(path)
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        if getattr(err, "context", None):
+            problem = f"{problem} ({' '.join(str(err.context).split())})"
+        raise SolverError(f"{shown}: not valid YAML{where}: {problem}; fix the file or `git checkout {shown}` "
+                          f"it") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SolverError(f"{shown}: cannot be read ({err}); fix the file or `git checkout {shown}` it") from None
+    if not isinstance(cfg, dict):
+        raise SolverError(f"{shown}: expected a mapping with 'params' (and optional 'tasks' / 'datasets'), got a "
+                          f"{type(cfg).__name__}; fix the file or `git checkout {shown}` it")
+    return cfg
+
+
+def _shown_path(path: Path) -> str:
+    """A config path as the user would type it: relative to the repository when inside it."""
+    try:
+        return path.resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def resolve_config(cls: type[Solver], task: str | None, dataset: str | None) -> dict[str, dict[str, Any]]:
@@ -208,12 +297,25 @@ def resolve_config(cls: type[Solver], task: str | None, dataset: str | None) -> 
     return merged
 
 
-def get(name: str, prior: DiffusionPrior, task: str | None = None, dataset: str | None = None,
-        **overrides: Any) -> Solver:
+def _origin(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _is_builtin(cls: type) -> bool:
+    return cls.__module__.startswith("solvers.")
+
+
+def solver_class(name: str) -> type[Solver]:
+    """The registered class of a solver name; SolverError naming the available ones otherwise."""
     _load_builtin()
     if name not in _REGISTRY:
         raise SolverError(f"unknown solver {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](prior, task=task, dataset=dataset, **overrides)
+    return _REGISTRY[name]
+
+
+def get(name: str, prior: DiffusionPrior, task: str | None = None, dataset: str | None = None,
+        **overrides: Any) -> Solver:
+    return solver_class(name)(prior, task=task, dataset=dataset, **overrides)
 
 
 def available() -> list[str]:

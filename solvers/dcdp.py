@@ -146,8 +146,8 @@ class DCDP(Solver):
                 (g,) = torch.autograd.grad(loss, xg)
             buf = g if buf is None else beta * buf + g
             x = x.detach() - lr * buf
-        self.check_finite(x, f"dcdp data consistency (effective lr {lr.flatten().tolist()} from lr {self.lr}); "
-                             "decrease lr")
+        self.check_finite(x, lambda: f"dcdp data consistency (effective lr {lr.flatten().tolist()} from lr "
+                                     f"{self.lr}); decrease lr")
         return x
 
     def _abar(self, k: int) -> float:

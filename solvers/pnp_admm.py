@@ -37,7 +37,7 @@ import torch
 
 from operators.base import Operator
 from solvers.base import RNG, Solver, SolverError
-from solvers.pnp_denoisers import load_dncnn
+from solvers.pnp_denoisers import WeightsError, cached_dncnn, dncnn_weights
 
 Tensor = torch.Tensor
 
@@ -82,10 +82,27 @@ class PnPADMM(Solver):
             sigma = self.denoiser_sigma(A)
             return lambda v: self.prior.denoise(v, sigma)
         if self.denoiser == "dncnn":
-            net = load_dncnn(str(self.dncnn_variant))
-            sigma01 = float(self.dncnn_sigma) if net.sigma_input else None
-            return lambda v: net.to(v.device).denoise_image(v, sigma01)
+            variant = str(self.dncnn_variant)
+            nets: dict[torch.device, Any] = {}
+
+            def dncnn(v: Tensor) -> Tensor:  # built once per process and device (solvers/pnp_denoisers.py cache)
+                if v.device not in nets:
+                    nets[v.device] = cached_dncnn(variant, v.device)
+                net = nets[v.device]
+                return net.denoise_image(v, float(self.dncnn_sigma) if net.sigma_input else None)
+            return dncnn
         raise SolverError(f"pnp_admm: denoiser must be 'dncnn' or 'prior', got {self.denoiser!r}")
+
+    def external_models(self) -> dict[str, str]:
+        """The DnCNN (not the protocol's prior) when `denoiser` is 'dncnn'; {} with the prior's own denoiser."""
+        if self.denoiser != "dncnn":
+            return {}
+        variant = str(self.dncnn_variant)
+        try:
+            path, digest = dncnn_weights(variant)
+        except WeightsError as err:  # the solve will fail with the same message; the config still names the model
+            return {"denoiser": f"DnCNN {variant} (SCICO BSD-trained weights, not available: {err})"}
+        return {"denoiser": f"DnCNN {variant} (SCICO BSD-trained weights, file {path.name}, sha256 {digest[:12]})"}
 
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
         denoise = self._denoiser(A)

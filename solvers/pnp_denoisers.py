@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.fileio import atomic_write, sha256_file
+from common.fileio import atomic_write, sha256_file
 
 Tensor = torch.Tensor
 
@@ -249,3 +249,50 @@ def load_dncnn(variant: str = DEFAULT_VARIANT) -> DnCNN:
     model = DnCNN(depth, sigma_input)
     model.load_state_dict(_read_converted(path, variant))
     return model.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- process cache
+#: verified state dict and sha256 per converted weights file, keyed by the file's identity (path, inode, size,
+#: mtime): read and hashed once per process, again only when the file is replaced
+_STATES: dict[tuple[str, int, int, int], tuple[dict[str, Tensor], str]] = {}
+#: the built network per (file identity, variant, device)
+_MODELS: dict[tuple[tuple[str, int, int, int], str, str], DnCNN] = {}
+
+
+def _file_identity(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def dncnn_weights(variant: str = DEFAULT_VARIANT) -> tuple[Path, str]:
+    """(converted weights file, its sha256) of `variant`, loaded and verified once per process per file
+    (converts from scico on the fly when missing, as `load_dncnn`)."""
+    path = converted_path(variant)
+    if not path.exists():
+        convert_variant(variant)
+    key = _file_identity(path)
+    if key not in _STATES:
+        state = _read_converted(path, variant)  # verifies the .sha256 side file against the bytes
+        digest = path.with_name(path.name + ".sha256").read_text().strip()
+        _STATES[key] = (state, digest)
+    return path, _STATES[key][1]
+
+
+def cached_dncnn(variant: str = DEFAULT_VARIANT, device: torch.device | str = "cpu") -> DnCNN:
+    """The DnCNN of `variant` on `device` in eval mode, built once per process per (weights file, device):
+    PnP-ADMM calls this for every batch without re-reading or re-hashing the file."""
+    path, _ = dncnn_weights(variant)
+    identity = _file_identity(path)
+    key = (identity, variant, str(torch.device(device)))
+    if key not in _MODELS:
+        depth, sigma_input = _parse_variant(variant)
+        model = DnCNN(depth, sigma_input)
+        model.load_state_dict(_STATES[identity][0])
+        _MODELS[key] = model.eval().requires_grad_(False).to(device)
+    return _MODELS[key]
+
+
+def clear_dncnn_cache() -> None:
+    """Forget the loaded DnCNN weights and networks (tests; a long-lived process that wants to re-verify)."""
+    _STATES.clear()
+    _MODELS.clear()

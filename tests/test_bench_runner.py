@@ -34,6 +34,10 @@ def reference(tmp_path_factory):
     return proto, tmp / "res", csv
 
 
+def _record_files(results: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((results / "records").glob("*.jsonl"))}
+
+
 def _by_key(results: Path) -> dict:
     return {(r["dataset"], r["image_id"], r["task"], r["solver"]): r for r in store.load_records(results)}
 
@@ -60,23 +64,22 @@ def test_batch_size_does_not_change_records_and_rerun_is_byte_identical(referenc
 
 def test_rerun_skips_everything(reference, capsys):
     proto, ref_dir, ref_csv = reference
-    before = (ref_dir / "records" / "rank0.jsonl").read_bytes()
+    before = _record_files(ref_dir)
     assert main(["run", "--protocol", str(proto), "--results", str(ref_dir)]) == 0
     assert "skipped 8" in capsys.readouterr().out
-    assert (ref_dir / "records" / "rank0.jsonl").read_bytes() == before
+    assert _record_files(ref_dir) == before  # nothing written, no new file
 
 
 def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(reference, tmp_path):
     proto, _, ref_csv = reference
     res = tmp_path / "res"
-    records = res / "records" / "rank0.jsonl"
     env = {**os.environ, "BENCH_FAKE_SLEEP": "0.4", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--protocol", str(proto), "--results", str(res),
                              "--batch-size", "1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if records.exists() and records.read_text().count("\n") >= 3:
+        if sum(v.count(b"\n") for v in _record_files(res).values()) >= 3:
             break
         if proc.poll() is not None:
             pytest.fail("the run ended before it could be killed")
@@ -86,7 +89,9 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(reference, tm
     n_before = len(store.load_records(res))
     assert 3 <= n_before < 8, "the kill must land part-way through the run"
     csv = run_and_table(proto, res)
-    lines = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+    files = _record_files(res)
+    assert len(files) == 2  # the killed writer's file and the resuming process's own file
+    lines = [json.loads(line) for text in files.values() for line in text.decode().splitlines() if line.strip()]
     keys = [store.record_key(r) for r in lines]
     assert len(keys) == len(set(keys)) == 8  # no duplicate, none lost
     assert csv == ref_csv  # the resumed table equals the uninterrupted one
@@ -101,7 +106,7 @@ def test_sharded_run_over_two_processes_equals_single_process(reference, tmp_pat
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     files = sorted(p.name for p in (res / "records").glob("*.jsonl"))
-    assert files == ["rank0.jsonl", "rank1.jsonl"]
+    assert [f.split("-")[0] for f in files] == ["rank0", "rank1"]  # one file per process, named by rank
     per_rank = [{r["image_id"] for r in map(json.loads, (res / "records" / f).read_text().splitlines())} for f in files]
     assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]  # disjoint shards
     assert main(["table", "--protocol", str(proto), "--results", str(res)]) == 0
@@ -187,7 +192,7 @@ def test_corrupt_and_too_small_images(tmp_path, capsys):
         {"id": "bad", "file": "bad.png", "sha256": hashlib.sha256(b"not a png at all").hexdigest()}]}))
     ds = {"demo": {"prior": "gaussian", "image_size": 32, "manifest": str(manifest), "root": str(folder)}}
     proto = protocol(tmp_path, name="c1", datasets=ds)
-    _fails_cleanly(["run", "--protocol", str(proto), "--results", str(tmp_path / "r")], capsys, "bad.png", "cannot read")
+    _fails_cleanly(["run", "--protocol", str(proto), "--results", str(tmp_path / "r")], capsys, "bad.png", "cannot decode")
     big = protocol(tmp_path, name="c2", datasets={"demo": {"prior": "gaussian", "image_size": 128,
                                                            "manifest": "datasets/demo.json", "root": "datasets/demo"}})
     _fails_cleanly(["run", "--protocol", str(big), "--results", str(tmp_path / "r2")], capsys, "smaller than", "128")

@@ -55,12 +55,14 @@ def test_markdown_layout_ranks_failures_and_card(tmp_path):
 
 def test_csv_statistics(tmp_path):
     rows = [r.split(",") for r in render(RECORDS, tmp_path)["table1.csv"].decode().splitlines()]
-    assert rows[0] == ["dataset", "task", "method", "metric", "mean", "std", "n", "ci95_low", "ci95_high", "n_ok", "n_total"]
+    assert rows[0] == ["dataset", "task", "method", "metric", "mean", "std", "n", "ci95_low", "ci95_high", "n_ok", "n_total",
+                       "config_hash", "fingerprint"]
     a_psnr = next(r for r in rows if r[2] == "a" and r[3] == "psnr")
     half = 12.706204736174698 * math.sqrt(2) / math.sqrt(2)  # t_{0.975, 1} * s / sqrt(n), s = sqrt(2)
-    assert a_psnr == ["d", "t1", "a", "psnr", "31.000000", "1.414214", "2", f"{31 - half:.6f}", f"{31 + half:.6f}", "2", "2"]
+    assert a_psnr == ["d", "t1", "a", "psnr", "31.000000", "1.414214", "2", f"{31 - half:.6f}", f"{31 + half:.6f}", "2", "2",
+                      H, ""]
     c_psnr = next(r for r in rows if r[2] == "c" and r[3] == "psnr")
-    assert c_psnr[4:] == ["29.000000", "", "1", "", "", "1", "2"]  # one success: no std / CI
+    assert c_psnr[4:11] == ["29.000000", "", "1", "", "", "1", "2"]  # one success: no std / CI
     assert len(rows) == 1 + 4 * 3
 
 

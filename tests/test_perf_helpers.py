@@ -1,4 +1,4 @@
-"""Pure helper logic of the performance benchmark (bench/perf.py, bench/perf_deepinv.py); nothing is timed."""
+"""Pure helper logic of the performance benchmark (benchmarks/perf.py, benchmarks/deepinv_side_by_side.py); nothing is timed."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 import operators
 import solvers
-from bench import perf
+from benchmarks import perf
 from priors.gaussian import GaussianPrior
 
 
@@ -71,7 +71,7 @@ def test_peak_memory_sees_a_held_allocation():
 
 def test_deepinv_wrapper_is_our_denoiser_on_the_unit_range():
     pytest.importorskip("deepinv")
-    from bench import perf_deepinv
+    from benchmarks import deepinv_side_by_side as perf_deepinv
 
     prior = GaussianPrior(image_shape=(3, 8, 8))
     den = perf_deepinv.deepinv_denoiser(prior)
@@ -99,7 +99,7 @@ def test_misses_are_the_overhead_rows_above_target_on_both_clocks():
 
 
 def test_network_clock_splits_forward_and_backward_and_restores_the_prior():
-    from bench.perf_clocks import NetworkClock
+    from benchmarks.clocks import NetworkClock
 
     prior = GaussianPrior(image_shape=(3, 8, 8))
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -122,7 +122,7 @@ def test_network_clock_splits_forward_and_backward_and_restores_the_prior():
 
 
 def test_rounded_prior_rounds_the_networks_input_and_output_and_counts_calls():
-    from bench.perf_precision import RoundedPrior
+    from benchmarks.precision import RoundedPrior
 
     base = GaussianPrior(image_shape=(3, 8, 8))
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -1,6 +1,7 @@
 """The contract every registered solver must keep (solvers/base.py), on the exact Gaussian prior.
 
-Parametrised over `solvers.available()` x the SPGD Table 1 tasks, so a new solver is covered as soon as
+The checks live in bench/solver_contract.py (also behind `python -m bench check-solver`); this file runs
+them parametrised over `solvers.available()` x the Table 1 tasks, so a new solver is covered as soon as
 its module lands. Each solver runs with its `smoke` overrides on 3x32x32 images:
 * output finite, of the image shape, in [-1, 1];
 * counted NFE (prior.nfe after solve) = solver.budget() per image x batch;
@@ -16,60 +17,47 @@ import functools
 import pytest
 import torch
 
-import operators
 import solvers
 import solvers.base as solver_base
-from priors.gaussian import embedded
+from bench import solver_contract as contract
 from solvers import Solver, SolverError, UnsupportedTask
 
-TABLE1_TASKS = ("inpaint_random", "deblur_gaussian", "deblur_motion", "sr4")
-SHAPE = (3, 32, 32)
-BATCH = 4
-ALONE = 2  # the image solved on its own (not the first, to catch offset bugs)
-SIGMA_Y = 0.05
+TABLE1_TASKS = contract.TABLE1_TASKS
+SHAPE = (3, contract.IMAGE_SIZE, contract.IMAGE_SIZE)
+BATCH = contract.BATCH
+ALONE = contract.ALONE
 
 
-@functools.lru_cache(maxsize=1)
 def prior():
-    return embedded(SHAPE[-1])
+    return contract.gaussian_prior(SHAPE[-1])
 
 
 def operator(task: str, seeds: list[int]):
-    return operators.get(task, image_shape=SHAPE, seeds=seeds, sigma_y=SIGMA_Y)
-
-
-def generators(seeds: list[int]) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(1000 + s) for s in seeds]
+    return contract.operator(task, seeds, SHAPE)
 
 
 @functools.lru_cache(maxsize=None)
 def measurement(task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) for images 0..BATCH-1, image i drawn and measured from its own seed."""
-    seeds = list(range(BATCH))
-    x = prior().sample(BATCH, [torch.Generator().manual_seed(s) for s in seeds]).clamp(-1, 1)
-    y = operator(task, seeds).measure(x, [torch.Generator().manual_seed(500 + s) for s in seeds])
-    return x, y
+    return contract.measurement(prior(), task, BATCH)
+
+
+def factory(name: str):
+    return contract.class_factory(solver_base._REGISTRY[name])
 
 
 def smoke_solver(name: str, task: str) -> Solver:
-    cls = solver_base._REGISTRY[name]
-    return solvers.get(name, prior(), task=task, **cls.smoke)
+    return factory(name)(prior(), task)
 
 
 def supported(name: str, task: str) -> bool:
-    return smoke_solver(name, task).supports(operator(task, [0]))
+    return contract.supported(factory(name), prior(), task)
 
 
 @functools.lru_cache(maxsize=None)
-def batch_run(name: str, task: str) -> dict:
+def batch_run(name: str, task: str) -> contract.BatchRun:
     """Solve the batch twice with the same generators; record outputs and counted NFE."""
-    solver = smoke_solver(name, task)
-    _, y = measurement(task)
-    A = operator(task, list(range(BATCH)))
-    first = solver.solve(y, A, generators(list(range(BATCH))))
-    counted = solver.prior.nfe.as_dict()
-    second = solver.solve(y, A, generators(list(range(BATCH))))
-    return {"first": first, "second": second, "counted": counted, "budget": solver.budget()}
+    return contract.batch_run(factory(name), prior(), task, measurement(task)[1])
 
 
 ALL_CASES = [(name, task) for name in solvers.available() for task in TABLE1_TASKS]
@@ -79,33 +67,28 @@ UNSUPPORTED = [case for case in ALL_CASES if not supported(*case)]
 
 @pytest.mark.parametrize("name,task", CASES)
 def test_output_finite_shaped_in_range(name, task):
-    out = batch_run(name, task)["first"]
-    assert out.shape == (BATCH, *SHAPE), f"{name}/{task}: output shape {tuple(out.shape)}"
-    assert out.dtype == torch.float32
-    assert torch.isfinite(out).all(), f"{name}/{task}: non-finite output"
-    assert out.min() >= -1 and out.max() <= 1
+    result = contract.check_output(batch_run(name, task), (BATCH, *SHAPE), task)
+    assert result.ok, f"{name}/{result.name}: {result.message}"
 
 
 @pytest.mark.parametrize("name,task", CASES)
 def test_counted_nfe_equals_budget(name, task):
-    run = batch_run(name, task)
-    per_image = {k: v * BATCH for k, v in run["budget"].items()}
-    assert run["counted"] == per_image, f"{name}/{task}: counted {run['counted']} != budget x {BATCH} {per_image}"
+    result = contract.check_nfe(batch_run(name, task), BATCH, task)
+    assert result.ok, f"{name}/{result.name}: {result.message}"
 
 
 @pytest.mark.parametrize("name,task", CASES)
 def test_same_generators_bit_identical(name, task):
-    run = batch_run(name, task)
-    assert torch.equal(run["first"], run["second"]), f"{name}/{task}: two runs with the same generators differ"
+    result = contract.check_determinism(batch_run(name, task), task)
+    assert result.ok, f"{name}/{result.name}: {result.message}"
 
 
 @pytest.mark.parametrize("name,task", CASES)
 def test_image_alone_equals_image_in_batch(name, task):
-    batch = batch_run(name, task)["first"]
     _, y = measurement(task)
-    alone = smoke_solver(name, task).solve(y[ALONE:ALONE + 1], operator(task, [ALONE]), generators([ALONE]))
-    err = (alone[0] - batch[ALONE]).abs().max().item()
-    assert err <= 1e-5, f"{name}/{task}: image {ALONE} alone differs from its result in a batch by {err:.2e}"
+    alone = contract.solve_alone(factory(name), prior(), task, y, ALONE)
+    result = contract.check_batch_independence(batch_run(name, task).first, alone, task, ALONE)
+    assert result.ok, f"{name}/{result.name}: {result.message}"
 
 
 @pytest.mark.parametrize("name,task", UNSUPPORTED or [pytest.param("", "", marks=pytest.mark.skip("none"))])

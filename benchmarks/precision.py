@@ -1,4 +1,4 @@
-"""What reduced precision costs in PSNR, measured on the exact Gaussian prior (called by `python -m bench.perf`).
+"""What reduced precision costs in PSNR, measured on the exact Gaussian prior (called by `python -m benchmarks.perf`).
 
 A UNet run under bf16/fp16 autocast sees its input and returns its output in the reduced dtype (and rounds
 inside every layer too). `RoundedPrior` applies exactly that input/output rounding to the exact Gaussian prior's
@@ -19,6 +19,7 @@ import torch
 import operators
 import solvers
 from bench.metrics import psnr
+from benchmarks.workload import TASK_PARAMS
 from priors.base import DiffusionPrior
 from priors.gaussian import GaussianPrior
 
@@ -44,8 +45,6 @@ def precision_table(tasks: tuple[str, ...], device: torch.device, log: Callable[
                     solver: str = "spgd", batch: int = 4, size: int = 64, sigma_y: float = 0.05) -> list[dict]:
     """Mean PSNR of `solver` (its Table 1 settings) on the exact Gaussian prior, fp32 vs bf16 vs fp16 network I/O,
     same images, measurements and seeds; one row per task and precision."""
-    from bench.perf import TASK_PARAMS
-
     prior = GaussianPrior(image_shape=(3, size, size)).to(device)
     rows = []
     for task in tasks:

@@ -1,4 +1,4 @@
-"""Solver speed against the network-bound limit: `python -m bench.perf` (`make perf`).
+"""Solver speed against the network-bound limit: `python -m benchmarks.perf` (`make perf`).
 
 A diffusion solver's cost is its network calls (NFE forward passes, plus backward passes through the
 UNet for DPS, MCG, DPPS and SPGD); everything else (operators, SVDs, candidate selection, Python) is
@@ -13,8 +13,8 @@ overhead. For every solver and Table 1 task this measures, in ONE process, inter
 
 Then batch scaling (images/s at batch 1, 4, 16), peak memory at the largest batch with and without
 activation checkpointing (ADMPrior `checkpointing`) for the backprop solvers, the side-by-side
-against DeepInverse (bench/perf_deepinv.py, optional `perf` extra), and the PSNR cost of bf16/fp16 network
-precision on the exact Gaussian prior (bench/perf_precision.py). Results: results/perf.md, .csv.
+against DeepInverse (benchmarks/deepinv_side_by_side.py, optional `perf` extra), and the PSNR cost of bf16/fp16 network
+precision on the exact Gaussian prior (benchmarks/precision.py). Results: results/perf.md, .csv.
 Every case that misses the overhead target is measured again at Table 1 size (256x256).
 
 Network: the real ADM architecture (priors/adm.py, the ffhq256 flag family: learned sigma, scale-shift
@@ -40,22 +40,18 @@ import torch
 
 import operators
 import solvers
-from bench.perf_clocks import (NetworkClock, OperatorClock, Timing, _malloc_setup, median_timing, peak_memory,
+from benchmarks.clocks import (NetworkClock, OperatorClock, Timing, _malloc_setup, median_timing, peak_memory,
                                timed)
-from bench.perf_precision import precision_table
-from priors.adm import ADMPrior, create_unet, small_config
+from benchmarks.precision import precision_table
+from benchmarks.workload import (FFHQ256_FLAGS, ROOT, SIGMA_Y, TABLE1_TASKS, TASK_PARAMS, NetworkTimer, Problem,
+                                 build_prior, make_problem, n_parameters, network_limit, vjp_increment, window)
+from priors.adm import ADMPrior
 from priors.base import DiffusionPrior
 from solvers.base import SolverDiverged, UnsupportedTask
 
-ROOT = Path(__file__).resolve().parents[1]
-TABLE1_TASKS = ("inpaint_random", "deblur_gaussian", "deblur_motion", "sr4")
-TASK_PARAMS: dict[str, dict[str, Any]] = {  # bench/protocols/table1.yaml
-    "inpaint_random": {"p_range": (0.8, 0.8)},
-    "deblur_gaussian": {"kernel_size": 61, "std": 3.0},
-    "deblur_motion": {"kernel_size": 61, "intensity": 0.5},
-    "sr4": {"factor": 4},
-}
-SIGMA_Y = 0.05
+__all__ = ["FFHQ256_FLAGS", "SIGMA_Y", "TABLE1_TASKS", "TASK_PARAMS", "NetworkTimer", "Problem", "Timing",
+           "build_prior", "make_problem", "network_limit", "vjp_increment", "window"]  # shared pieces, re-exported
+
 BACKPROP_SOLVERS = ("dps", "mcg", "dpps", "spgd")
 #: step counts of the benchmark: 20 network calls per solve (Table 1's own count for DDRM and DiffPIR; the
 #: DDPM-family samplers, RED-diff and SPGD (10 x 2) reduced from 1000 / 100 x 5; DCDP 2 rounds of 10 DDIM
@@ -84,9 +80,6 @@ MEMORY_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 #: the batch-scaling subset: one solver of each mechanism (backprop DDPM, backprop EDM, candidates, SVD, prox)
 SCALING_SOLVERS = ("dps", "spgd", "dpps", "ddrm", "diffpir")
-#: the 256x256 ffhq256 flags (priors/registry.py) for the GPU run
-FFHQ256_FLAGS = small_config(image_size=256, num_channels=128, num_res_blocks=1, attention_resolutions="16",
-                             num_head_channels=64)
 
 
 #: causes of misses found while developing this benchmark (the numbers come from the run)
@@ -119,21 +112,9 @@ CAUSES: dict[Any, str] = {
 
 
 # --------------------------------------------------------------------------- pure helpers (tested)
-def network_limit(nfe_forward: float, nfe_backward: float, t_fwd: float, t_vjp: float) -> float:
-    """Network-bound time of a solve: NFE_fwd * t_fwd + NFE_bwd * t_vjp (NFE counted per batch call)."""
-    if min(nfe_forward, nfe_backward, t_fwd, t_vjp) < 0:
-        raise ValueError("NFE counts and times must be non-negative")
-    return nfe_forward * t_fwd + nfe_backward * t_vjp
-
-
 def overhead_ratio(wall: float, limit: float) -> float:
     """Solver time / network-bound limit (inf when the solver makes no network call)."""
     return wall / limit if limit > 0 else float("inf")
-
-
-def vjp_increment(t_fwd: float, t_fb: float) -> float:
-    """What a backward NFE adds: t(forward with autograd + VJP) - t(forward without autograd), >= 0."""
-    return max(t_fb - t_fwd, 0.0)
 
 
 def perf_overrides(name: str, table: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -144,107 +125,8 @@ def perf_overrides(name: str, table: dict[str, dict[str, Any]] | None = None) ->
     return dict(table[name]) if name in table else dict(solvers.base._REGISTRY[name].smoke)
 
 
-def window(samples: Sequence[Timing], j: int, half: int = 2) -> list[Timing]:
-    """The network samples around solve j (samples j-half+1 .. j+half; sample j was taken just before it)."""
-    return list(samples[max(j - half + 1, 0): j + half + 1])
-
-
 def images_per_second(batch: int, seconds: float) -> float:
     return batch / seconds if seconds > 0 else float("inf")
-
-
-# --------------------------------------------------------------------------- network and problems
-def build_prior(size: int, width: int, device: torch.device, full: bool, seed: int = 0,
-                **options: Any) -> ADMPrior:
-    """The ADM UNet with random weights: ffhq256 flags at 256 (`full`), else the reduced-width 64x64 member."""
-    flags = dict(FFHQ256_FLAGS) if full else small_config(image_size=size, num_channels=width)
-    torch.manual_seed(seed)
-    unet = create_unet(**flags)
-    with torch.no_grad():  # the zero-initialised output convolutions would make eps identically 0
-        for m in unet.modules():
-            if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)) and not m.weight.any():
-                m.reset_parameters()
-                m.weight.mul_(0.1)
-    prior = ADMPrior(unet.to(device), name=f"adm{flags['image_size']}-w{flags['num_channels']}-random", **options)
-    prior.flags = flags  # type: ignore[attr-defined]
-    return prior
-
-
-def n_parameters(prior: DiffusionPrior) -> int:
-    return sum(p.numel() for p in prior.parameters())
-
-
-@dataclass
-class Problem:
-    task: str
-    A: operators.Operator
-    x: torch.Tensor
-    y: torch.Tensor
-    seeds: list[int]
-
-    def generators(self) -> list[torch.Generator]:
-        return [torch.Generator().manual_seed(1000 + s) for s in self.seeds]
-
-
-def make_problem(task: str, batch: int, size: int, device: torch.device, seed: int = 0,
-                 shared_params: bool = False) -> Problem:
-    """A fresh operator (its SVD is built lazily inside the solve, as in the harness) and y = A x + noise."""
-    seeds = list(range(seed, seed + batch))
-    A = operators.get(task, image_shape=(3, size, size), seeds=seeds, sigma_y=SIGMA_Y,
-                      shared_params=shared_params, **TASK_PARAMS.get(task, {}))
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
-    y = A.measure(x, [torch.Generator().manual_seed(s) for s in seeds])
-    return Problem(task, A, x, y, seeds)
-
-
-class NetworkTimer:
-    """t_fwd and t_fb of the prior's network at a batch size, same input distribution as the solvers."""
-
-    def __init__(self, prior: DiffusionPrior, batch: int, device: torch.device) -> None:
-        self.prior = prior
-        self.device = device
-        g = torch.Generator().manual_seed(7)
-        self.x = torch.randn(batch, *prior.image_shape, generator=g).to(device)
-        self.v = torch.randn(batch, *prior.image_shape, generator=g).to(device)
-        self.k = torch.full((batch,), 500.0, device=device)
-        self.fwd: list[Timing] = []
-        self.fb: list[Timing] = []
-
-    def forward(self) -> None:
-        with torch.no_grad():
-            self.prior._model(self.x, self.k)
-
-    def forward_backward(self) -> None:
-        with torch.enable_grad():
-            x = self.x.detach().requires_grad_(True)
-            eps, _ = self.prior._model(x, self.k)
-            torch.autograd.grad(eps, x, grad_outputs=self.v)
-
-    def sample(self, repeats: int) -> None:
-        for _ in range(repeats):
-            self.fwd.append(timed(self.forward, self.device)[0])
-            self.fb.append(timed(self.forward_backward, self.device)[0])
-
-    def around(self, j: int) -> "NetworkTimer":
-        """A view holding only the samples taken around solve j (see `window`)."""
-        view = NetworkTimer.__new__(NetworkTimer)
-        view.__dict__.update(self.__dict__)
-        view.fwd, view.fb = window(self.fwd, j), window(self.fb, j)
-        return view
-
-    @property
-    def t_fwd(self) -> Timing:
-        return median_timing(self.fwd)
-
-    @property
-    def t_vjp(self) -> Timing:
-        f, b = self.t_fwd, median_timing(self.fb)
-        return Timing(vjp_increment(f.wall, b.wall), vjp_increment(f.cpu, b.cpu))
-
-    @property
-    def t_fb(self) -> Timing:
-        return median_timing(self.fb)
 
 
 # --------------------------------------------------------------------------- solver runs
@@ -439,7 +321,7 @@ GPU_VARIANTS: list[tuple[str, dict[str, Any]]] = [
 def gpu_figures(device: torch.device, full: bool, log: Callable[[str], None],
                 variants: Sequence[tuple[str, dict[str, Any]]] = tuple(GPU_VARIANTS)) -> list[dict[str, Any]]:
     """fp32 vs bf16/fp16 autocast vs torch.compile (network and SPGD at 500 NFE, s/img). Only meaningful on a
-    GPU; the PSNR cost of reduced precision is measured on every device (bench/perf_precision.py)."""
+    GPU; the PSNR cost of reduced precision is measured on every device (benchmarks/precision.py)."""
     rows: list[dict[str, Any]] = []
     size = 256 if full else 64
     batch = 4
@@ -468,7 +350,7 @@ def gpu_figures(device: torch.device, full: bool, log: Callable[[str], None],
 
 # --------------------------------------------------------------------------- report
 def machine_info(device: torch.device) -> dict[str, str]:
-    from bench.perf_operators import machine
+    from benchmarks.operator_speed import machine
 
     info = machine()
     if device.type == "cuda":
@@ -518,10 +400,10 @@ def overhead_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     L: list[str] = ["# Solver performance: overhead over the network-bound limit", ""]
-    L += [f"Generated by `python -m bench.perf` (one run, {meta['date']}, {meta['duration_min']:.1f} min). "
+    L += [f"Generated by `python -m benchmarks.perf` (one run, {meta['date']}, {meta['duration_min']:.1f} min). "
           f"Device **{meta['device']}**, {meta['threads']} torch threads. Network: ADM UNet "
           f"({meta['flags_summary']}), **random weights**, {meta['params']:,} parameters, images "
-          f"{meta['size']}x{meta['size']}. Solvers run 20 network calls per solve (`PERF_OVERRIDES` in bench/perf.py: "
+          f"{meta['size']}x{meta['size']}. Solvers run 20 network calls per solve (`PERF_OVERRIDES` in benchmarks/perf.py: "
           f"Table 1's own count for DDRM and DiffPIR, 10 iterations for PnP-ADMM with the prior's denoiser, the "
           f"1000-step samplers on a 20-step grid, SPGD 10 x 2); the limit and the ratio are per network call, so "
           f"they carry over to the full step counts as long as fixed per-solve costs stay small. Operators: the Table 1 tasks, "
@@ -532,7 +414,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
           "ratio = solver time / limit. Times are medians of the rounds (solves) and of the network samples taken "
           "around them; the CPU-time ratio (process CPU seconds of the solve over those of the network calls) is a second, "
           "load-insensitive estimate. `in network` is the time the solve itself spent inside the network (forward "
-          "calls and the backward passes through them, clocked by hooks, bench/perf_clocks.py), `outside` = wall - "
+          "calls and the backward passes through them, clocked by hooks, benchmarks/clocks.py), `outside` = wall - "
           "in network: the solver's own work, measured rather than inferred; `operator` is the part of it spent "
           "in the operator's calls. `ratio in solve` = wall / in network: the solver's own overhead, immune to the "
           "machine's drift between the solve and the separate network samples (this machine is a shared VM whose "
@@ -619,7 +501,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
     else:
         L += ["**Not measured here: no GPU was available to this run.** The code path exists: "
               "`make perf DEVICE=cuda` or "
-              "`python -m bench.perf --device cuda --full` runs the 256x256 ffhq256-size network with random "
+              "`python -m benchmarks.perf --device cuda --full` runs the 256x256 ffhq256-size network with random "
               "weights and reports, for fp32, bf16 and fp16 autocast and torch.compile (fp32 and bf16): t_fwd, t_fb, "
               "SPGD seconds per image at its Table 1 setting (T = 100, N = 5: 500 forward + 500 backward NFE, "
               "batch 4) with peak CUDA memory.", ""]
@@ -629,7 +511,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
               f"{pr[0]['solver']} with its Table 1 settings ({pr[0]['nfe_forward']} forward + {pr[0]['nfe_backward']} "
               f"backward NFE) on {pr[0]['batch']} samples of the exact Gaussian prior at {pr[0]['size']}x{pr[0]['size']}, "
               f"sigma_y {SIGMA_Y}, same measurements and seeds; the network's input and output rounded to bf16 / fp16 "
-              "as under autocast (`bench/perf_precision.py` RoundedPrior: the loss every reduced-precision UNet pays, "
+              "as under autocast (`benchmarks/precision.py` RoundedPrior: the loss every reduced-precision UNet pays, "
               "a lower bound for a real one, which also rounds inside its layers). Mean PSNR (dB), change from fp32 in "
               "brackets.", "",
               "| task | fp32 | bf16 | fp16 |", "|---|---|---|---|"]
@@ -696,8 +578,8 @@ def main(argv: list[str] | None = None) -> None:
                                     max(batches), size, device, log)
     if "deepinv" not in skip:
         try:
-            from bench import perf_deepinv
-            di_rows, setup = perf_deepinv.side_by_side(prior, args.batch, size, device, log)
+            from benchmarks import deepinv_side_by_side
+            di_rows, setup = deepinv_side_by_side.side_by_side(prior, args.batch, size, device, log)
             for r in di_rows:
                 r["setup"] = setup
             rows += di_rows

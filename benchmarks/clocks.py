@@ -1,4 +1,4 @@
-"""Clocks of the performance benchmark (bench/perf.py): wall/CPU timing, peak memory, and the seconds a solve
+"""Clocks of the performance benchmark (benchmarks/perf.py): wall/CPU timing, peak memory, and the seconds a solve
 spends inside the operator's calls and inside the prior's network (forward calls and the backward passes
 through them), so that "outside the network" is measured, not inferred."""
 from __future__ import annotations

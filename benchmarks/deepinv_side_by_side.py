@@ -1,6 +1,6 @@
 """Side by side with DeepInverse (deepinv 0.5.0, the optional `perf` extra): our DPS, DiffPIR and DDRM
 against `deepinv.sampling.DPS / DiffPIR / DDRM` at equal NFE, with the same network weights, batch, machine
-and process (called by `python -m bench.perf`; deepinv is imported only here, inside functions).
+and process (called by `python -m benchmarks.perf`; deepinv is imported only here, inside functions).
 
 Our UNet is handed to deepinv through `deepinv_denoiser(prior)`: a `deepinv.models.Denoiser` whose
 forward(x, sigma) on [0, 1] images is our prior's EDM denoiser on [-1, 1] images,
@@ -24,6 +24,8 @@ import torch
 
 import operators
 import solvers
+from benchmarks.clocks import NetworkClock, timed
+from benchmarks.workload import NetworkTimer, network_limit
 from priors.base import DiffusionPrior
 
 Tensor = torch.Tensor
@@ -132,12 +134,10 @@ def side_by_side(prior: DiffusionPrior, batch: int, size: int, device: torch.dev
     """Rows (ours vs deepinv wall time at equal NFE) and a one-paragraph description of the setup.
 
     Runs are interleaved (network sample, ours, theirs, network sample) `repeats` times; times are best of
-    the repeats. Both sides run with the network clock attached (bench/perf_clocks.py), so each row also
+    the repeats. Both sides run with the network clock attached (benchmarks/clocks.py), so each row also
     splits the time into seconds inside the shared network and seconds outside it."""
     import deepinv
 
-    from bench.perf import NetworkTimer, network_limit
-    from bench.perf_clocks import NetworkClock, timed
 
     timer = NetworkTimer(prior, batch, device)
     problem = inpainting_problem(batch, size, device)
@@ -184,7 +184,7 @@ def side_by_side(prior: DiffusionPrior, batch: int, size: int, device: torch.dev
             f"ours {row['ours_outside_s']:.2f}s, deepinv {row['deepinv_outside_s']:.2f}s")
     setup = (f"deepinv {deepinv.__version__}, samplers `deepinv.sampling.DPS` (defaults: VP schedule, DDPM solver, "
              "float64 state), `DiffPIR` (L2 data fidelity, its closed-form inpainting prox), `DDRM` (sigmas "
-             "linspace(1, 0) without the final 0); our UNet wrapped by `bench.perf_deepinv.deepinv_denoiser` "
+             "linspace(1, 0) without the final 0); our UNet wrapped by `benchmarks.deepinv_side_by_side.deepinv_denoiser` "
              f"(D01(x, s) = (D(2x - 1; 2s) + 1) / 2). Task inpaint_random, one 80 % mask shared by the batch of {batch}, "
              f"sigma_y {SIGMA_Y} on [-1, 1]. NFE are counted by our prior's counters for both sides; deepinv's "
              f"step count is the one whose counted calls equal ours. Times: best of {repeats} interleaved runs; `in network` "

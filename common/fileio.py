@@ -1,4 +1,4 @@
-"""File helpers shared by the harness and the setup steps (imports nothing of the project).
+"""File helpers shared by every layer (imports nothing of the project).
 
 `atomic_write`: a crash never leaves a half-written file (temp file in the same folder, then rename).
 `sha256_file`: the checksum used by manifests, records and weight checks.
@@ -35,10 +35,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, _write)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in chunks of `chunk_bytes` (4 MiB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(chunk_bytes), b""):
             h.update(chunk)
     return h.hexdigest()
