@@ -284,6 +284,20 @@ PLAN_EXAMPLES = """examples:
 """
 
 
+def _speed_args(r: argparse.ArgumentParser) -> None:
+    speed = r.add_argument_group("speed switches (each enters the config hash and the table footer)")
+    speed.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast of the ADM UNet (default fp32)")
+    for flag, text in (("channels-last", "NHWC convolutions"), ("compile", "torch.compile the UNet"),
+                       ("checkpointing", "activation checkpointing (less memory, more time)"),
+                       ("tf32", "TF32 matmul/convolutions (Ampere+ GPUs)"), ("cudnn-benchmark", "cuDNN autotuning"),
+                       ("deterministic", "deterministic CUDA kernels (results independent of the batch size)")):
+        speed.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action=argparse.BooleanOptionalAction,
+                           default=None, help=f"{text} (default: the protocol's)")
+    speed.add_argument("--rng-device", choices=("run", "cpu"),
+                       help="where random streams live: run (the run's device, fast) or cpu (identical numbers "
+                            "on every device); default: the protocol's")
+
+
 def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", required=True, help="a protocol name (python -m bench protocols) or a .yaml path")
     p.add_argument("--datasets", help="comma-separated subset of the protocol's datasets")
@@ -296,8 +310,16 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", help="results folder (default $RESTOREBENCH_RESULTS/<protocol> or results/<protocol>)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line naming the fix (`--help`) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bench", description="RestoreBench harness",
+    ap = _Parser(prog="python -m bench", description="RestoreBench harness",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="examples:\n  python -m bench run --protocol demo && python -m bench table "
                                         "--protocol demo\n  python -m bench solvers\n  python -m bench plan "
@@ -316,21 +338,12 @@ def parser() -> argparse.ArgumentParser:
                    help="stale (default): compute missing records and those made by other code; errors: also "
                         "rerun 'error' records; all: recompute everything")
     r.add_argument("--retry-errors", action="store_true", help="same as --rerun errors")
-    speed = r.add_argument_group("speed switches (each enters the config hash and the table footer)")
-    speed.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast of the ADM UNet (default fp32)")
-    for flag, text in (("channels-last", "NHWC convolutions"), ("compile", "torch.compile the UNet"),
-                       ("checkpointing", "activation checkpointing (less memory, more time)"),
-                       ("tf32", "TF32 matmul/convolutions (Ampere+ GPUs)"), ("cudnn-benchmark", "cuDNN autotuning"),
-                       ("deterministic", "deterministic CUDA kernels (results independent of the batch size)")):
-        speed.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action=argparse.BooleanOptionalAction,
-                           default=None, help=f"{text} (default: the protocol's)")
-    speed.add_argument("--rng-device", choices=("run", "cpu"),
-                       help="where random streams live: run (the run's device, fast) or cpu (identical numbers "
-                            "on every device); default: the protocol's")
+    _speed_args(r)
     r.set_defaults(func=cmd_run)
     t = sub.add_parser("table", help="write the tables and grids from the records",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TABLE_EXAMPLES)
     _selection_args(t)
+    _speed_args(t)
     t.add_argument("--all-configs", action="store_true",
                    help="also show every other configuration / code version in the store as labelled rows")
     t.set_defaults(func=cmd_table)

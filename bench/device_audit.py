@@ -82,8 +82,8 @@ class DeviceAudit:
     (0-dim CPU tensors excepted: they are kernel scalars), and `torch.tensor` / `torch.as_tensor` /
     `new_tensor` of Python data onto a non-CPU device. On `meta`, reads are answered with True / 0 and
     copies to the CPU with zeros (`fake_meta_reads`), so the run goes on and every event is counted.
-    `mark()` starts a new segment (audit_solve calls it at every network call); `segments[i]` holds the
-    counts after network call i (segment 0: before the first call).
+    `mark()` starts a new segment (audit_solve calls it at every step); `segments[i]` holds the counts
+    after step i (segment 0: before the first step ends).
     """
 
     def __init__(self, fake_meta_reads: bool = True, keep_events: int = 20) -> None:
@@ -105,22 +105,18 @@ class DeviceAudit:
     def cpu_reads(self) -> int:
         return sum(s.cpu_reads for s in self.segments)
 
-    @property
-    def network_calls(self) -> int:
-        return len(self.segments) - 1
-
     def mark(self) -> None:
         self.segments.append(Segment())
 
     def events(self) -> list[str]:
-        return [f"after network call {i}: {e}" for i, s in enumerate(self.segments) for e in s.events]
+        return [f"step {i}: {e}" for i, s in enumerate(self.segments) for e in s.events]
 
     # ------------------------------------------------------------------ recording
     def _record(self, kind: str, what: str) -> None:
         seg = self.segments[-1]
         setattr(seg, kind, getattr(seg, kind) + 1)
         if kind != "cpu_reads" and len(seg.events) < self.keep_events:
-            seg.events.append(f"{kind[:-1]}: {what}")
+            seg.events.append(f"{'host read' if kind == 'host_reads' else 'copy'}: {what}")
 
     def __enter__(self) -> "DeviceAudit":
         self._modes = [_FunctionCounter(self), _DispatchCounter(self)]
@@ -230,30 +226,46 @@ def audit_operator(task: str, image_size: int, batch: int, sigma_y: float = 0.05
                          seeds=list(range(batch)), shared_params=False, **params)
 
 
-def _mark_network_calls(prior: DiffusionPrior, audit: DeviceAudit) -> Callable[[], None]:
-    """Make every counted network call of `prior` start a new audit segment; returns the undo."""
+def _mark_network_calls(prior: DiffusionPrior, audit: DeviceAudit, calls: list[int],
+                        mark: bool) -> Callable[[], None]:
+    """Count the network calls of `prior` in calls[0] and (mark) start an audit segment at each; returns
+    the undo."""
     original = prior._count
 
     def counted(out: Tensor, batch: int) -> Tensor:
-        audit.mark()
+        calls[0] += 1
+        if mark:
+            audit.mark()
         return original(out, batch)
 
     prior._count = counted  # type: ignore[method-assign]
     return lambda: prior.__dict__.pop("_count", None)
 
 
+def mark_checks(solver: solvers.Solver, audit: DeviceAudit) -> Callable[[], None]:
+    """Make every `check_finite` call of `solver` end an audit segment (one per iteration, for solvers
+    that call no diffusion network, e.g. PnP-ADMM with DnCNN); returns the undo."""
+    original = solver.check_finite
+
+    def checked(x: Tensor, where: Any) -> None:
+        original(x, where)
+        audit.mark()
+
+    solver.check_finite = checked  # type: ignore[method-assign]
+    return lambda: solver.__dict__.pop("check_finite", None)
+
+
 def audit_solve(solver_name: str, task: str, image_size: int = 32, batch: int = 2,
                 device: str | torch.device = "meta", prior: DiffusionPrior | None = None,
-                rng_device: str = "run", step_marker: Callable[[DeviceAudit], Callable[[], None]] | None = None,
-                **overrides: Any) -> dict[str, Any]:
+                rng_device: str = "run", steps: str = "network", **overrides: Any) -> dict[str, Any]:
     """Run `solver_name` on the Table 1 operator of `task` under a `DeviceAudit` and return its counts.
 
     Everything is on `device` (default meta: no numbers): the prior (default `AuditNetPrior`; pass
     `audit_prior(image_size)` for the small ADM UNet), y = A(x) + noise with the harness's noise streams, and the solver's per-image
     streams (rng_device "run": generators on the device; "cpu": CPU streams copied once per draw).
-    overrides: solver hyper-parameters (default: the solver's `smoke` settings). Steps are the network
-    calls; for solvers without any (PnP-ADMM with DnCNN), `step_marker(audit)` installs a marker and
-    returns its undo (default: one step per `check_finite` call).
+    overrides: solver hyper-parameters (default: the solver's `smoke` settings). steps: "network" (a
+    step ends at each network call of the prior) or "check" (at each `check_finite` call: solvers that
+    call no diffusion network, PnP-ADMM with DnCNN).
     Returns host_reads, copies, cpu_reads, network_calls, steps, copies_after_first_step,
     host_reads_per_step, copies_per_step, events (the first few, for messages).
     """
@@ -270,34 +282,28 @@ def audit_solve(solver_name: str, task: str, image_size: int = 32, batch: int = 
     y = A.measure(x, [seeding.noise_generator(0, task, k, device=gen_device) for k in keys])
     gens = [seeding.solver_generator(0, task, k, solver_name, device=gen_device) for k in keys]
 
+    if steps not in ("network", "check"):
+        raise ValueError(f"steps must be 'network' or 'check', got {steps!r}")
     audit = DeviceAudit()
-    undo = _mark_network_calls(prior, audit)
-    undo_steps = step_marker(audit) if step_marker is not None else None
+    network_calls = [0]
+    undo = _mark_network_calls(prior, audit, network_calls, steps == "network")
+    undo_checks = mark_checks(solver, audit) if steps == "check" else (lambda: None)
     try:
         with audit:
             solver.solve(y, A, gens)
     finally:
         undo()
-        if undo_steps is not None:
-            undo_steps()
-    steps = max(audit.network_calls, 1)
+        undo_checks()
+    n_steps = max(len(audit.segments) - 1, 1)
     later = audit.segments[2:]  # after the end of the first step
     return {
         "solver": solver_name, "task": task, "device": device.type, "rng_device": rng_device,
         "host_reads": audit.host_reads, "copies": audit.copies, "cpu_reads": audit.cpu_reads,
-        "network_calls": audit.network_calls, "steps": steps,
+        "network_calls": network_calls[0], "steps": n_steps,
         "copies_after_first_step": sum(s.copies for s in later),
-        "host_reads_per_step": audit.host_reads / steps, "copies_per_step": audit.copies / steps,
+        "host_reads_per_step": audit.host_reads / n_steps, "copies_per_step": audit.copies / n_steps,
         "nfe": prior.nfe.as_dict(), "events": audit.events()[:10],
     }
-
-
-def mark_module_calls(module: torch.nn.Module) -> Callable[[DeviceAudit], Callable[[], None]]:
-    """A `step_marker` for audit_solve: every forward of `module` (e.g. a DnCNN denoiser) is one step."""
-    def install(audit: DeviceAudit) -> Callable[[], None]:
-        handle = module.register_forward_pre_hook(lambda *_: audit.mark())
-        return handle.remove
-    return install
 
 
 def read_budget(steps: int, check_every: int | None = None, extra: int = 1) -> int:
@@ -324,11 +330,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rng-device", choices=("run", "cpu"), default="run")
     a = ap.parse_args(argv)
-    print(f"{'solver':10s} {'task':16s} {'calls':>5s} {'reads':>5s} {'reads/call':>10s} {'copies':>6s} "
+    print(f"{'solver':10s} {'task':16s} {'steps':>5s} {'reads':>5s} {'reads/step':>10s} {'copies':>6s} "
           f"{'copies after step 1':>19s}")
     for name, task in table1_pairs(a.solvers):
-        r = audit_solve(name, task, a.image_size, a.batch, rng_device=a.rng_device)
-        print(f"{name:10s} {task:16s} {r['network_calls']:5d} {r['host_reads']:5d} {r['host_reads_per_step']:10.2f} "
+        r = audit_solve(name, task, a.image_size, a.batch, rng_device=a.rng_device,
+                        steps="check" if name == "pnp_admm" else "network")
+        print(f"{name:10s} {task:16s} {r['steps']:5d} {r['host_reads']:5d} {r['host_reads_per_step']:10.2f} "
               f"{r['copies']:6d} {r['copies_after_first_step']:19d}")
 
 

@@ -81,10 +81,16 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 # PSNR and SSIM on [0, 1] images (float64)
 
 
+#: MSE floor: identical images give PSNR_CAP dB instead of +inf, so a mean over images stays finite
+MSE_FLOOR = 1e-10
+PSNR_CAP = 100.0
+
+
 def psnr(u_hat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB, data range 1, over all channels; +inf where the images are identical."""
+    """Per-image PSNR in dB, data range 1, over all channels; MSE floored at 1e-10, so identical images give
+    100 dB, never +inf (one such image would make a table mean +inf)."""
     mse = (u_hat - u).pow(2).flatten(1).mean(1)
-    return -10 * torch.log10(mse)  # log10(0) = -inf -> +inf
+    return -10 * torch.log10(mse.clamp_min(MSE_FLOOR))
 
 
 def luma(u: torch.Tensor) -> torch.Tensor:
@@ -282,8 +288,8 @@ class Metrics:
             "value_range": "images in [-1,1]; metrics on clip((x+1)/2, 0, 1) in float64 (LPIPS nets float32), "
                            "never 8-bit; one value per image, computed one image at a time (a value never "
                            "depends on the batch it ran in), mean over images by the harness",
-            "psnr": "10*log10(1/MSE), MSE over all RGB values of one image, data range 1; identical "
-                    "images give +inf (no epsilon)",
+            "psnr": "10*log10(1/max(MSE, 1e-10)), MSE over all RGB values of one image, data range 1; "
+                    "identical images give 100 dB (the cap), never +inf",
             "ssim": f"torchmetrics {_version('torchmetrics')} structural_similarity_index_measure: Gaussian "
                     f"window {SSIM_WINDOW}x{SSIM_WINDOW}, sigma {SSIM_SIGMA}, k1={SSIM_K1}, k2={SSIM_K2}, "
                     f"data range 1, reflect padding (full-size map, borders included), no downsampling; "

@@ -86,7 +86,7 @@ def load_prior(name: str, image_size: int, device: str | torch.device, speed: di
             prior = embedded(image_size=image_size)
         except (OSError, ValueError) as err:
             raise BenchError(f"prior 'gaussian': {err}") from None
-    elif name in registry.SPECS or Path(name).exists() or (":" not in name and Path(name).suffix in CHECKPOINT_SUFFIXES):
+    elif name in registry.SPECS or _looks_like_checkpoint(name):
         if name in registry.SPECS and isinstance(unet, str):
             raise BenchError(f"prior {name!r}: unet: {unet!r} (a preset name) applies to checkpoint paths only; "
                              f"registered priors come with their flags: remove unet:")
@@ -113,6 +113,11 @@ def load_prior(name: str, image_size: int, device: str | torch.device, speed: di
         raise BenchError(f"prior {name!r} is for images {tuple(prior.image_shape)}, the protocol asks for {want}; "
                          f"set image_size: {prior.image_shape[-1]} in the protocol")
     return prior
+
+
+def _looks_like_checkpoint(name: str) -> bool:
+    """An existing path, or a name ending like a checkpoint file (then "not found" is the right message)."""
+    return Path(name).exists() or (":" not in name and Path(name).suffix in CHECKPOINT_SUFFIXES)
 
 
 def _reject_unet(name: str, unet: dict | str | None) -> None:

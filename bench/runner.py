@@ -272,7 +272,8 @@ class Runner:
         if problems:
             hint = ("\nDownload the checkpoints with `make checkpoints` (python -m bench checkpoints)."
                     if missing else "")
-            raise BenchError("cannot start, nothing was run:\n" + "\n".join(problems) + hint)
+            sep = " " if len(problems) == 1 and "\n" not in problems[0] and not hint else "\n"
+            raise BenchError("cannot start, nothing was run:" + sep + "\n".join(problems) + hint)
         return images, priors
 
     def _load_prior(self, ds: DatasetSpec, device: str | torch.device) -> torch.nn.Module:
@@ -323,10 +324,13 @@ class Runner:
         """The (config hash, fingerprint) the current protocol and code give every table cell (what `bench
         table` shows by default); loads the priors, makes no solve."""
         try:
-            _, priors = self.preflight()
+            problems = [m for m in (missing_checkpoint(ds.prior) for ds in self.p.datasets) if m]
+            if problems:
+                raise BenchError(problems[0])
+            priors = {ds.name: self._load_prior(ds, "cpu") for ds in self.p.datasets}
             card = self.metric_object().card()
         except BenchError as err:
-            return Selection({}, str(err).splitlines()[-1] if str(err) else "")
+            return Selection({}, " ".join(str(err).split())[:300])
         out, files = {}, {}
         for ds in self.p.datasets:
             for task in self.p.tasks:

@@ -48,6 +48,11 @@ class Operator:
     is_linear: ClassVar[bool] = False
     #: attributes holding per-image parameters with a leading dimension P (1 = shared, or B)
     batched_params: ClassVar[tuple[str, ...]] = ()
+    #: `_cache` entries (by key[0]) holding tensors derived from the per-image parameters, leading
+    #: dimension P (e.g. a kernel's FFT); `repeat_interleave` repeats them where they are
+    param_caches: ClassVar[tuple[str, ...]] = ()
+    #: `_cache` entries (by key[0]) shaped for one batch size (work buffers); never shared
+    batch_caches: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,6 +114,28 @@ class Operator:
                 new.seeds = [self.seeds[int(i)] for i in index]
         return new
 
+    def repeat_interleave(self, n: int) -> "Operator":
+        """The operator for a batch in which image i of this batch appears n times in a row (DPPS's
+        candidates): the same operator as `select(arange(B).repeat_interleave(n))`, but the device copies
+        of the per-image parameters and the transforms cached from them (a kernel's FFT) are repeated on
+        their device, so nothing is copied from the host or recomputed. Shared parameters (P = 1) share
+        the cache outright."""
+        if n < 1:
+            raise OperatorError(f"{self.name}: repeat_interleave needs n >= 1, got {n}")
+        new = copy.copy(self)
+        p = self.n_params
+        keep = set(self.batched_params) | set(self.param_caches)
+        if p == 1:
+            new._cache = {k: v for k, v in self._cache.items() if _cache_kind(k) not in self.batch_caches}
+        else:
+            for attr in self.batched_params:
+                setattr(new, attr, getattr(self, attr).repeat_interleave(n, dim=0))
+            new._cache = {k: v.repeat_interleave(n, dim=0) for k, v in self._cache.items()
+                          if _cache_kind(k) in keep and isinstance(v, Tensor) and v.shape[:1] == (p,)}
+        if self.seeds is not None and not self.shared_params and len(self.seeds) > 1:
+            new.seeds = [s for s in self.seeds for _ in range(n)]
+        return new
+
     def param(self, attr: str, like: Tensor) -> Tensor:
         """A (cached) copy of parameter tensor `attr` in `like`'s dtype and device."""
         key = (attr, like.dtype, like.device)
@@ -149,6 +176,10 @@ class Operator:
             raise OperatorError(
                 f"{self.name}: the operator holds per-image parameters for {p} images but got a batch of {batch}; "
                 f"use A.select(indices) for sub-batches or repeats")
+
+
+def _cache_kind(key: Any) -> Any:
+    return key[0] if isinstance(key, tuple) and key else key
 
 
 class LinearOperator(Operator):
@@ -215,7 +246,12 @@ class SVD:
         return (self.singulars() > 0).sum(1)
 
     def _s(self, like: Tensor) -> Tensor:
-        return self.singulars().to(dtype=like.dtype, device=like.device)
+        """`singulars()` in like's dtype on like's device, converted once per (dtype, device) and cached."""
+        cache = self.__dict__.setdefault("_singulars_on", {})
+        key = (like.dtype, like.device)
+        if key not in cache:
+            cache[key] = self.singulars().to(dtype=like.dtype, device=like.device)
+        return cache[key]
 
     def A(self, x: Tensor) -> Tensor:
         """U S V^T x."""

@@ -160,6 +160,8 @@ class KernelBlur(LinearOperator):
     """Reflect-padded depthwise correlation with per-image kernels `kernel` (P, K, K), by FFT."""
 
     batched_params = ("kernel",)
+    param_caches = ("kernel_fft", "otf", "pinv_spectrum")
+    batch_caches = ("pad_buffer",)
     prox_methods: tuple[str, ...] = ("fft", "cg")
     kernel: Tensor
 

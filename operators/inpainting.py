@@ -114,18 +114,21 @@ class MaskSVD(SVD):
         self.inverse = inverse_permutation(self.index)
         self._singulars = (torch.arange(self.n)[None] < n_kept).to(torch.float64)
 
-    @staticmethod
-    def _take(flat: Tensor, index: Tensor) -> Tensor:
-        index = index.to(flat.device)
+    def _take(self, flat: Tensor, index: str) -> Tensor:
+        """Gather with index table `index` ("index" / "inverse"), moved to flat's device once and cached."""
+        cache = self.__dict__.setdefault("_index_on", {})
+        if (index, flat.device) not in cache:
+            cache[index, flat.device] = getattr(self, index).to(flat.device)
+        index = cache[index, flat.device]
         if index.shape[0] == 1:
             return flat.index_select(1, index[0])
         return torch.gather(flat, 1, index)
 
     def Vt(self, x: Tensor) -> Tensor:
-        return self._take(x.reshape(x.shape[0], self.n), self.index)
+        return self._take(x.reshape(x.shape[0], self.n), "index")
 
     def V(self, v: Tensor) -> Tensor:
-        return self._take(v, self.inverse).reshape(v.shape[0], *self.shape)
+        return self._take(v, "inverse").reshape(v.shape[0], *self.shape)
 
     U = V
     Ut = Vt

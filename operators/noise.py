@@ -49,7 +49,7 @@ def randn_per_image(like: Tensor, generator: Generators) -> Tensor:
         return out if device == like.device else out.to(like.device)
     gens = list(generator)
     if len(gens) != like.shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {like.shape[0]}")
+        raise ValueError(f"got {len(gens)} generators for a batch of {like.shape[0]}; pass one per image")
     devices = {draw_device(g, like) for g in gens}
     if len(devices) != 1:
         raise ValueError(f"the generators of one batch live on different devices ({sorted(map(str, devices))}); "

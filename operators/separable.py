@@ -85,59 +85,71 @@ class SeparableSVD(SVD):
         self._singulars = s.repeat_interleave(channels)[None]
         self.grid_s = torch.zeros(self.h, self.w, dtype=torch.float64)  # s on the input grid (0 outside)
         self.grid_s[: self.h_out, : self.w_out] = block.reshape(self.h_out, self.w_out)
+        self._on: dict[tuple, Tensor] = {}  # factors / indices converted to a (dtype, device), once
 
-    def _m(self, t: Tensor, like: Tensor) -> Tensor:
-        return t.to(dtype=like.dtype, device=like.device)
+    def _m(self, name: str, like: Tensor) -> Tensor:
+        """Factor `name` ("v_r", "v_r.T", "grid_s", ...) in like's dtype on like's device, cached: the
+        conversion and host-device copy happen once per device, never per call."""
+        key = (name, like.dtype, like.device)
+        if key not in self._on:
+            attr, _, transpose = name.partition(".")
+            t = getattr(self, attr)
+            self._on[key] = (t.T if transpose else t).to(dtype=like.dtype, device=like.device)
+        return self._on[key]
 
-    @staticmethod
-    def _gather(t: Tensor, index: Tensor) -> Tensor:
-        return t.reshape(t.shape[0], -1).index_select(1, index.to(t.device))
+    def _gather(self, t: Tensor, index: str) -> Tensor:
+        key = (index, t.device)
+        if key not in self._on:
+            self._on[key] = getattr(self, index).to(t.device)
+        return t.reshape(t.shape[0], -1).index_select(1, self._on[key])
 
     def _v_t(self, x: Tensor) -> Tensor:  # V^T on the grid: (B, C, H, W) -> (B, C, H, W)
-        return apply_separable(self._m(self.v_r.T, x), self._m(self.v_c.T, x), x)
+        return apply_separable(self._m("v_r.T", x), self._m("v_c.T", x), x)
 
     def _v(self, g: Tensor) -> Tensor:
-        return apply_separable(self._m(self.v_r, g), self._m(self.v_c, g), g)
+        return apply_separable(self._m("v_r", g), self._m("v_c", g), g)
 
     def _u_t(self, y: Tensor) -> Tensor:  # U^T on the grid: (B, C, h_out, w_out)
-        return apply_separable(self._m(self.u_r.T, y), self._m(self.u_c.T, y), y)
+        return apply_separable(self._m("u_r.T", y), self._m("u_c.T", y), y)
 
     def _u(self, g: Tensor) -> Tensor:
-        return apply_separable(self._m(self.u_r, g), self._m(self.u_c, g), g)
+        return apply_separable(self._m("u_r", g), self._m("u_c", g), g)
 
     def _embed(self, g: Tensor) -> Tensor:  # output grid -> input grid (zeros outside)
         return torch.nn.functional.pad(g, (0, self.w - self.w_out, 0, self.h - self.h_out))
 
     def Vt(self, x: Tensor) -> Tensor:
-        return self._gather(self._v_t(x), self.index_v)
+        return self._gather(self._v_t(x), "index_v")
 
     def V(self, v: Tensor) -> Tensor:
-        return self._v(self._gather(v, self.inverse_v).reshape(v.shape[0], self.channels, self.h, self.w))
+        return self._v(self._gather(v, "inverse_v").reshape(v.shape[0], self.channels, self.h, self.w))
 
     def Ut(self, y: Tensor) -> Tensor:
-        return self._gather(self._u_t(y), self.index_u)
+        return self._gather(self._u_t(y), "index_u")
 
     def U(self, u: Tensor) -> Tensor:
-        return self._u(self._gather(u, self.inverse_u).reshape(u.shape[0], self.channels, self.h_out, self.w_out))
+        return self._u(self._gather(u, "inverse_u").reshape(u.shape[0], self.channels, self.h_out, self.w_out))
 
     def singulars(self, batch: int | None = None) -> Tensor:
         return self._singulars if batch is None else self._singulars.expand(batch, -1)
 
     # the generic spectral formulas of SVD, evaluated on the grid (no permutations)
     def A(self, x: Tensor) -> Tensor:
-        s = self._m(self.grid_s, x)[: self.h_out, : self.w_out]
+        s = self._m("grid_s", x)[: self.h_out, : self.w_out]
         return self._u(s * self._v_t(x)[..., : self.h_out, : self.w_out])
 
     def At(self, y: Tensor) -> Tensor:
-        return self._v(self._m(self.grid_s, y) * self._embed(self._u_t(y)))
+        return self._v(self._m("grid_s", y) * self._embed(self._u_t(y)))
 
     def pinv(self, y: Tensor) -> Tensor:
-        s = self._m(self.grid_s, y)
-        inv = torch.where(s > 0, 1 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
-        return self._v(inv * self._embed(self._u_t(y)))
+        key = ("grid_s_inv", y.dtype, y.device)
+        if key not in self._on:
+            s = self._m("grid_s", y)
+            self._on[key] = torch.where(s > 0, 1 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+        return self._v(self._on[key] * self._embed(self._u_t(y)))
 
     def prox(self, z: Tensor, y: Tensor, rho: float | Tensor) -> Tensor:
-        s = self._m(self.grid_s, z)
+        s = self._m("grid_s", z)
         r = expand_per_image(rho, z)
         return self._v((s * self._embed(self._u_t(y)) + r * self._v_t(z)) / (s * s + r))
 

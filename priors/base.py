@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 
+from operators.noise import randn_per_image
 from priors.schedule import ContinuousVP, VPSchedule
 
 Tensor = torch.Tensor
@@ -88,7 +89,10 @@ class DiffusionPrior(torch.nn.Module):
         self.nfe.reset()
 
     def _per_image(self, value: Tensor | float | int, x: Tensor) -> Tensor:
-        t = torch.as_tensor(value, dtype=torch.float64, device=x.device)
+        """(B,) float64 on x's device. A Python number is filled in on the device (no host-device copy)."""
+        if not isinstance(value, torch.Tensor):
+            return x.new_full((x.shape[0],), float(value), dtype=torch.float64)
+        t = value.to(device=x.device, dtype=torch.float64)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         elif t.ndim > 1 and t.numel() == x.shape[0]:  # (B, 1, 1, 1) as solvers often keep it
@@ -145,15 +149,16 @@ class DiffusionPrior(torch.nn.Module):
         Priors without learned variance (v is None) use the posterior variance beta_tilde_k
         ("fixed small"), the exact choice for a Gaussian posterior q(x_{k-1} | x_k, x0).
         """
-        kk = self._per_image(k, like).round().long().cpu()
+        kk = self._per_image(k, like).round().long()
         sch = self.schedule
-        ab, ab_prev = sch.alphas_cumprod, sch.alphas_cumprod_prev
-        beta_tilde = sch.betas * (1 - ab_prev) / (1 - ab)
+        betas = sch.table("betas", like.device)
+        ab, ab_prev = sch.table("alphas_cumprod", like.device), sch.table("alphas_cumprod_prev", like.device)
+        beta_tilde = betas * (1 - ab_prev) / (1 - ab)
         beta_tilde = torch.cat([beta_tilde[1:2], beta_tilde[1:]])
         l_min = _bcast(torch.log(beta_tilde[kk]).to(like.dtype), like)
         if v is None:
             return l_min.expand_as(like)
-        l_max = _bcast(torch.log(sch.betas[kk]).to(like.dtype), like)
+        l_max = _bcast(torch.log(betas[kk]).to(like.dtype), like)
         f = (v + 1) / 2
         return f * l_max + (1 - f) * l_min
 
@@ -192,13 +197,9 @@ class ExactPrior(DiffusionPrior):
 def randn(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None = None,
           dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
     """Standard normal noise of `shape` (B, ...); a list of B generators draws row i from generator i
-    (so image i's draw never depends on the rest of the batch). Drawn on the CPU, then moved."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, dtype=dtype).to(device)
-    gens = list(generator)
-    if len(gens) != shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one per image")
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in gens]).to(device)
+    (so image i's draw never depends on the rest of the batch). Drawn on `device` when the generators
+    live there, else on theirs and copied once (operators.noise.randn_per_image)."""
+    return randn_per_image(torch.empty(shape, dtype=dtype, device=device), generator)
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:

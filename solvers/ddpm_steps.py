@@ -208,13 +208,17 @@ def projection_pinv(A: Operator, threshold: float) -> Callable[[Tensor], Tensor]
                          f"got {threshold}")
     if hasattr(A, "svd_at"):
         svd = A.svd_at(0.0)
+        inverses: dict[tuple, Tensor] = {}  # the truncated 1/s per (dtype, device), computed once
 
         def pinv_svd(y: Tensor) -> Tensor:
             u = svd.Ut(y)
-            s = svd.singulars(u.shape[0]).to(dtype=u.dtype, device=u.device)
-            keep = (s > 0) & (s >= threshold * s.amax(dim=1, keepdim=True))
-            inv = torch.where(keep, 1 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))[:, : svd.m]
-            return svd.V(torch.nn.functional.pad(inv * u, (0, svd.n - svd.m)))
+            key = (u.dtype, u.device)
+            if key not in inverses:
+                s = svd.singulars().to(dtype=u.dtype, device=u.device)
+                keep = (s > 0) & (s >= threshold * s.amax(dim=1, keepdim=True))
+                inverses[key] = torch.where(keep, 1 / torch.where(keep, s, torch.ones_like(s)),
+                                            torch.zeros_like(s))[:, : svd.m]
+            return svd.V(torch.nn.functional.pad(inverses[key] * u, (0, svd.n - svd.m)))
         return pinv_svd
     if hasattr(A, "pinv_circular"):
         s_max = float(A.kernel.flatten(1).sum(1).max())  # = max |K(f)| for nonnegative kernels

@@ -13,7 +13,7 @@ the paper was available). On the DDPM grid of solvers/ddpm_steps.py (1000 steps)
     x_k'   = c_{argmin delta}; at the last step x_{-1} = x' (no noise, hence no selection)
 
 The released code assumes batch 1; here every image selects among its own candidates (the B * n_k candidates
-are evaluated by A.select(...) in one batched call). n_max = 50 and the SNR rule are the code's constants.
+are evaluated in one batched call of A.repeat_interleave(n_k), built on the device once per value of n_k). n_max = 50 and the SNR rule are the code's constants.
 At the last step the code also forms candidates, but with s_0 z masked to 0 they are all equal to x', so we
 skip them (same output, fewer A calls). Budget per image: num_steps forward + num_steps backward NFE
 (candidate selection costs only operator evaluations). sigma_y does not enter the update.
@@ -54,16 +54,20 @@ def aligned_start(prior, y: Tensor, abar_T: float, rng: RNG) -> Tensor:
 
 
 def select_candidate(x_mean: Tensor, std: Tensor, eps: Tensor, y: Tensor, A: Operator,
-                     step: dd.DDPMStep, n: int, rng: RNG) -> Tensor:
-    """Per image: draw n candidates x' + s z_q and keep the one closest to the noised measurement."""
+                     step: dd.DDPMStep, n: int, rng: RNG, A_rep: Operator | None = None) -> Tensor:
+    """Per image: draw n candidates x' + s z_q and keep the one closest to the noised measurement.
+
+    A_rep: the candidates' operator `A.repeat_interleave(n)` (built here when None; the solve loop keeps
+    it while n stays the same). Everything stays on the device (the choice is a gather, not an index)."""
     B = x_mean.shape[0]
     rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731  image i's n copies are adjacent
     cand = rep(x_mean) + rep(std) * rng.repeat(n).randn_like(rep(x_mean))
-    A_rep = A.select(torch.arange(B).repeat_interleave(n))
+    A_rep = A.repeat_interleave(n) if A_rep is None else A_rep
     clean = cand - math.sqrt(1.0 - step.abar_prev) * rep(eps)
     delta = torch.linalg.vector_norm((math.sqrt(step.abar_prev) * rep(y) - A_rep(clean)).flatten(1), dim=1)
     best = delta.view(B, n).argmin(dim=1)
-    return cand.view(B, n, *cand.shape[1:])[torch.arange(B), best]
+    chosen = torch.take_along_dim(cand.view(B, n, -1), best.view(B, 1, 1), dim=1)
+    return chosen.view(x_mean.shape)
 
 
 class DPPS(Solver):
@@ -79,15 +83,18 @@ class DPPS(Solver):
         checks = dd.check_positions(len(steps))
         x = aligned_start(self.prior, y, steps[0].abar, rng) if self.aligned_init else \
             dd.start_noise(self.prior, y, rng)
+        A_rep, n_rep = None, 0  # the candidates' operator, rebuilt (on the device) only when n_k changes
         for i, step in enumerate(steps):
             x_mean, pred = dps_step(self.prior, x, step, y, A, self.zeta)
             if step.last:
                 x = x_mean
             else:
                 std = dd.step_std(step, pred.v, x_mean)
+                n = candidate_count(step, self.max_candidates)
+                if n != n_rep:
+                    A_rep, n_rep = A.repeat_interleave(n), n
                 with torch.no_grad():
-                    x = select_candidate(x_mean, std, pred.eps.detach(), y, A, step,
-                                         candidate_count(step, self.max_candidates), rng)
+                    x = select_candidate(x_mean, std, pred.eps.detach(), y, A, step, n, rng, A_rep)
             if i in checks:
                 self.check_finite(x, f"DPPS step k={step.k}")
         return x

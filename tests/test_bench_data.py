@@ -28,7 +28,9 @@ def test_shipped_protocols_parse_and_say_everything():
     assert t1.metrics == {"lpips": "piq-vgg-avg", "ssim": "rgb"}
     demo = protocol.load("demo")
     assert [t.name for t in demo.tasks] == TABLE1_TASKS
-    assert [s.name for s in demo.solvers] == TABLE1_SOLVERS + ["oracle_mean", "oracle_sample"]
+    # the demo adds a labelled PnP-ADMM row with its external DnCNN (the main pnp_admm row uses the prior)
+    assert [s.name for s in demo.solvers] == (TABLE1_SOLVERS[:1] + ["pnp_admm_dncnn"] + TABLE1_SOLVERS[1:]
+                                              + ["oracle_mean", "oracle_sample"])
     assert demo.datasets[0].prior == "gaussian"
     smoke = protocol.load("smoke")
     assert smoke.smoke and smoke.datasets[0].count == 2

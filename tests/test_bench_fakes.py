@@ -26,6 +26,7 @@ class BenchFakeSolver(Solver):
     name = "bench_fake"
     defaults = {
         "diverge_below": {"value": -10.0, "source": "chosen by us: test knob"},
+        "noise": {"value": 0.01, "source": "chosen by us: test knob"},
     }
     smoke = {}
 
@@ -36,7 +37,7 @@ class BenchFakeSolver(Solver):
         time.sleep(float(os.environ.get("BENCH_FAKE_SLEEP", 0)))
         if (y.flatten(1).mean(1) < float(self.diverge_below)).any():
             raise SolverDiverged("fake divergence")
-        x = A.adjoint(y) + 0.01 * rng.randn(A.image_shape, y)
+        x = A.adjoint(y) + float(self.noise) * rng.randn(A.image_shape, y)
         self.prior.denoise(x, 0.1)  # one counted network call per image
         return x
 
@@ -85,3 +86,27 @@ class BenchFakeInpaintOnly(BenchFakeSolver):
     """The same fake, declared for inpainting only (other tasks give 'unsupported' records)."""
     name = "bench_fake_inpaint_only"
     tasks = ("inpaint_random",)
+
+
+def oom_gaussian(image_size: int):
+    """The exact Gaussian prior whose network call raises torch.OutOfMemoryError for more than
+    $BENCH_FAKE_OOM_ABOVE images at once (a fake allocator failure; read at every call)."""
+    from priors.gaussian import embedded
+    prior = embedded(image_size=image_size)
+    denoise = prior.denoise
+
+    def limited(x, sigma, *args, **kwargs):
+        if x.shape[0] > int(os.environ.get("BENCH_FAKE_OOM_ABOVE", 1 << 30)):
+            raise torch.OutOfMemoryError(f"CUDA out of memory (fake): batch of {x.shape[0]}")
+        return denoise(x, sigma, *args, **kwargs)
+
+    prior.denoise = limited
+    return prior
+
+
+def tiny_adm(image_size: int, **speed):
+    """A random-weight ADM UNet of the real architecture (seeded), taking the speed options."""
+    from priors.adm import ADMPrior, create_unet, small_config
+    torch.manual_seed(0)
+    unet = create_unet(**small_config(image_size=image_size, num_channels=32, num_head_channels=32))
+    return ADMPrior(unet, name="tiny-adm", **speed)
