@@ -181,39 +181,24 @@ def format_solver_detail(info: SolverInfo) -> str:
     lines += _table([("name", "value", "source")] + [(k, repr(v), s) for k, (v, s) in info.params.items()],
                     indent="  ")
     cfg = load_config(info.name) if info.name else {}
-    task_names = list(dict.fromkeys([*TABLE1_TASKS, *(cfg.get("tasks") or {}), *info.tasks]))
-    datasets = [None, *(cfg.get("datasets") or {})]
-    changes = []
+    layers = [(f"task {t}", t, None, (entry or {}).get("params")) for t, entry in (cfg.get("tasks") or {}).items()]
+    for d, ds in (cfg.get("datasets") or {}).items():
+        layers.append((f"dataset {d}", None, d, (ds or {}).get("params")))
+        layers += [(f"dataset {d} / task {t}", t, d, (entry or {}).get("params"))
+                   for t, entry in ((ds or {}).get("tasks") or {}).items()]
     prior = _probe_prior()
-    default_budget = info.budget
-    for dataset in datasets:
-        for task in [None, *task_names]:
-            if dataset is None and task is None:
-                continue
-            resolved = resolve_config(cls, task, dataset)
-            diff = {k: v for k, v in resolved.items() if v["value"] != _level_above(cls, task, dataset)[k]["value"]}
-            budget = _safe_budget(info.name, prior, task, dataset)
-            if not diff and budget == default_budget:
-                continue
-            where = " / ".join(x for x in (dataset and f"dataset {dataset}", task and f"task {task}") if x)
-            changes.append(f"  {where}:" + ("" if budget == default_budget else f"  (budget {_budget_text(budget)})"))
-            changes += [f"    {k} = {v['value']!r}  [{v['source']}]" for k, v in diff.items()]
-    lines += ["", "per task / dataset (values that differ from the level above):"]
+    changes = []
+    for where, task, dataset, params in layers:
+        if not params:
+            continue
+        budget = _safe_budget(info.name, prior, task, dataset)
+        changes.append(f"  {where}:" + ("" if budget == info.budget else f"  (budget {_budget_text(budget)})"))
+        changes += [f"    {k} = {v.get('value')!r}  [{v.get('source')}]" for k, v in params.items()
+                    if isinstance(v, dict)]
+    lines += ["", f"per task / dataset (solvers/configs/{info.name}.yaml; the most specific wins: params < task < "
+                  "dataset < dataset / task < overrides):"]
     lines += changes or ["  (none: the defaults apply everywhere)"]
     return "\n".join(lines)
-
-
-def _level_above(cls: type[Solver], task: str | None, dataset: str | None) -> dict[str, dict[str, Any]]:
-    """The values without the most specific layer of (task, dataset): defaults for one of them alone;
-    params < tasks[task] < datasets[dataset] (without datasets[dataset].tasks[task]) for both."""
-    if task is None or dataset is None:
-        return resolve_config(cls, None, None)
-    defaults = resolve_config(cls, None, None)
-    merged = resolve_config(cls, task, None)
-    for k, v in resolve_config(cls, None, dataset).items():
-        if v["value"] != defaults[k]["value"]:
-            merged[k] = v
-    return merged
 
 
 def _safe_budget(name: str, prior: Any, task: str | None, dataset: str | None) -> dict[str, int] | str:

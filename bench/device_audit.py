@@ -331,12 +331,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rng-device", choices=("run", "cpu"), default="run")
     a = ap.parse_args(argv)
     print(f"{'solver':10s} {'task':16s} {'steps':>5s} {'reads':>5s} {'reads/step':>10s} {'copies':>6s} "
-          f"{'copies after step 1':>19s}")
+          f"{'copies after step 1':>19s} {'cpu reads':>9s}")
     for name, task in table1_pairs(a.solvers):
         r = audit_solve(name, task, a.image_size, a.batch, rng_device=a.rng_device,
                         steps="check" if name == "pnp_admm" else "network")
         print(f"{name:10s} {task:16s} {r['steps']:5d} {r['host_reads']:5d} {r['host_reads_per_step']:10.2f} "
-              f"{r['copies']:6d} {r['copies_after_first_step']:19d}")
+              f"{r['copies']:6d} {r['copies_after_first_step']:19d} {r['cpu_reads']:9d}")
 
 
 if __name__ == "__main__":

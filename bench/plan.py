@@ -29,6 +29,7 @@ faster per image, so the projection is then an upper bound on time.
 from __future__ import annotations
 
 import gc
+import os
 import platform
 import statistics
 import time
@@ -104,7 +105,7 @@ class PlanRow:
 
     @property
     def peak_mem_mb(self) -> float | None:
-        if self.timing is None or not self.supported:
+        if self.timing is None or not self.supported or not self.nfe_forward:
             return None
         return self.timing.mem_forward_backward_mb if self.nfe_backward else self.timing.mem_forward_mb
 
@@ -327,7 +328,8 @@ def plan(protocol: Protocol, device: str | torch.device, batch_size: int | None 
     if wanted:
         torch.set_num_threads(wanted)
     try:
-        return _plan(protocol, dev, batch_size, limit, measure, quick, random_weights, repeats, clock, timings, progress)
+        return _plan(protocol, dev, batch_size, limit, measure, quick, random_weights, repeats, clock, timings,
+                     progress)
     finally:
         torch.set_num_threads(previous)
 
@@ -374,8 +376,8 @@ def _row(dataset: str, task: str, name: str, images: int, batch: int, solver: An
     b = budget()
     external = getattr(solver, "external_models", None)
     ext = external() if callable(external) else {}
-    note = f"+ {', '.join(ext)} (not timed)" if ext else ("no prior NFE: own compute not timed"
-                                                           if b["nfe_forward"] == 0 else "")
+    models = "; ".join(f"{role}: {what.split(' (')[0]}" for role, what in ext.items())
+    note = f"+ {models} (not timed)" if ext else ("no prior NFE: own compute not timed" if b["nfe_forward"] == 0 else "")
     return PlanRow(**base, nfe_forward=int(b["nfe_forward"]), nfe_backward=int(b["nfe_backward"]), note=note)
 
 
@@ -391,13 +393,24 @@ def describe_device(device: str | torch.device, threads: int | None = None) -> s
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"cpu ({cpu}, {threads or torch.get_num_threads()} torch threads)"
+    try:
+        load = os.getloadavg()
+        busy = f"; load average {load[0]:.1f} / {load[1]:.1f} (1 / 5 min) on {os.cpu_count()} cores"
+    except OSError:
+        busy = ""
+    return f"cpu ({cpu}, {threads or torch.get_num_threads()} torch threads{busy})"
 
 
 def _h(hours: float | None) -> str:
     if hours is None:
         return "-"
     return f"{hours:.1f}" if hours >= 10 else f"{hours:.2f}"
+
+
+def _s(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f}" if seconds >= 100 else f"{seconds:.4g}"
 
 
 def _gib(mb: float | None) -> str:
@@ -430,7 +443,7 @@ def format_plan(rows: Sequence[PlanRow], title: str = "", device: str = "") -> s
                         "measurement"), net)
     lines += ["", "Per solver x task x dataset:", ""]
     body = [(r.dataset, r.task, r.solver, str(r.images), str(r.nfe_forward), str(r.nfe_backward),
-             "-" if r.seconds_per_image is None else f"{r.seconds_per_image:.4g}", _h(r.hours), _gib(r.peak_mem_mb),
+             _s(r.seconds_per_image), _h(r.hours), _gib(r.peak_mem_mb),
              r.note) for r in rows]
     lines += _md_table(("dataset", "task", "solver", "images", "NFE fwd", "NFE bwd", "s/image", "hours",
                         "peak GiB", "note"), body)

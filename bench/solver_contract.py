@@ -87,7 +87,7 @@ def measurement(prior: torch.nn.Module, task: str, batch: int = BATCH) -> tuple[
     sample = getattr(prior, "sample", None)
     if callable(sample):
         x = sample(batch, [torch.Generator().manual_seed(s) for s in seeds]).clamp(-1, 1)
-    else:  # a prior without sampling: smooth-ish random images, still one stream per image
+    else:  # a prior without sampling: uniform random images in [-0.8, 0.8], one stream per image
         x = torch.stack([torch.rand(image_shape(prior), generator=torch.Generator().manual_seed(s))
                          for s in seeds]) * 1.6 - 0.8
     y = operator(task, seeds, image_shape(prior)).measure(x, [torch.Generator().manual_seed(500 + s) for s in seeds])

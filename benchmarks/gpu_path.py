@@ -41,6 +41,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import solvers
 from benchmarks.clocks import NetworkClock, _malloc_setup, peak_memory, timed
 from benchmarks.workload import ROOT, build_prior, make_problem
+from priors.base import DiffusionPrior
+from priors.gaussian import GaussianPrior
 
 #: step counts per solver: 20 network calls per solve (benchmarks/perf.py PERF_OVERRIDES, copied so that this
 #: script measures the same workload on old and new code)
@@ -135,16 +137,14 @@ def noise_share_rows(names: list[str], task: str, size: int, width: int, batch: 
     return rows
 
 
-def dpps_step_row(size: int, width: int, batch: int, steps: int, full: bool, device: torch.device,
+def dpps_step_row(prior: DiffusionPrior, network: str, size: int, batch: int, steps: int, device: torch.device,
                   log: Callable[[str], None], task: str = "inpaint_random") -> dict[str, Any]:
-    prior = build_prior(size, width, device, full=full)
     solver = solvers.get("dpps", prior, task=task, num_steps=steps)
     problem = make_problem(task, batch, size, device)
     with NetworkClock(device).attached(prior) as net, noise_entry_clock() as entry:
         t, _ = timed(lambda: solver.solve(problem.y, problem.A, problem.generators()), device)
-    flags = prior.flags  # type: ignore[attr-defined]
     row = {"section": "dpps", "solver": "dpps", "task": task, "size": size, "batch": batch, "steps": steps,
-           "network": f"{flags['num_channels']} channels, {flags['num_res_blocks']} res block(s)",
+           "network": network,
            "status": "ok", "wall_s": t.wall, "s_per_step": t.wall / steps, "network_s_per_step": net.seconds / steps,
            "outside_s_per_step": (t.wall - net.seconds) / steps, "noise_entry_s_per_step": entry["seconds"] / steps}
     log(f"dpps {size}x{size} batch {batch}: {row['s_per_step']:.3f} s/step "
@@ -177,9 +177,14 @@ def memory_rows(device: torch.device, batches: tuple[int, int], log: Callable[[s
 def audit_rows(names: list[str], log: Callable[[str], None]) -> tuple[list[dict[str, Any]], str]:
     """Rows from `bench.device_audit.audit_solve(name, task)` (a mapping per solver), or a note why none."""
     try:
-        from bench.device_audit import audit_solve  # type: ignore[import-not-found]
+        from bench import device_audit  # type: ignore[attr-defined]
     except ImportError as err:
         return [], f"not available ({err})"
+    measured = Path(solvers.__file__).resolve().parents[1]
+    if Path(device_audit.__file__).resolve().parents[1] != measured:  # e.g. an installed copy beside old code
+        return [], (f"not available: the measured code ({measured}) has no bench/device_audit.py (the one found, "
+                    f"{device_audit.__file__}, belongs to other code)")
+    audit_solve = device_audit.audit_solve
     rows = []
     for name in names:
         for task in ("inpaint_random", "deblur_gaussian", "sr4"):
@@ -192,6 +197,16 @@ def audit_rows(names: list[str], log: Callable[[str], None]) -> tuple[list[dict[
                          **{k: v for k, v in dict(result).items() if isinstance(v, (int, float, str, bool))}})
             log(f"audit {name} {task}: {rows[-1]}")
     return rows, ""
+
+
+def section(run: Callable[[], Any], name: str, many: bool = False) -> Any:
+    """run() -> a row (or rows); a failure becomes one row with its message, so the other sections still run."""
+    try:
+        return run()
+    except Exception as err:  # noqa: BLE001  (reported in the output, never silently)
+        row = {"section": name, "solver": "-", "status": f"failed: {type(err).__name__}: {err}"}
+        print(f"section {name} failed: {row['status']}", flush=True)
+        return [row] if many else row
 
 
 def code_stamp() -> str:
@@ -219,7 +234,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
          "Networks: the ADM architecture with random weights (benchmarks/workload.py `build_prior`).", ""]
     noise = [r for r in rows if r["section"] == "noise"]
     if noise:
-        r0 = next(r for r in noise if r["status"] == "ok")
+        r0 = next((r for r in noise if r["status"] == "ok"), {"task": "-", "size": "-", "batch": "-"})
         L += [f"## 1. CPU share of a solve spent drawing noise ({r0['task']}, {r0['size']}x{r0['size']}, "
               f"batch {r0['batch']}, width-{meta['width']} ADM)", "",
               "`entry`: seconds inside `RNG.randn_like` (draw per image, stack, copy to the device); `kernels`: seconds "
@@ -245,13 +260,18 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any])
               "| size | batch | steps | network | s/step | in network (s/step) | outside the network (s/step) | drawing noise (s/step) |",
               "|---|---|---|---|---|---|---|---|"]
         for r in dpps:
+            if r["status"] != "ok":
+                L.append(f"| | | | | {r['status']} | | | |")
+                continue
             noise = r["noise_entry_s_per_step"]
             L.append(f"| {r['size']}x{r['size']} | {r['batch']} | {r['steps']} | {r['network']} | {r['s_per_step']:.3f} | "
                      f"{r['network_s_per_step']:.3f} | {r['outside_s_per_step']:.3f} | "
                      f"{'n/a' if noise != noise else f'{noise:.3f}'} |")
         L += ["", meta.get("dpps_note", ""), ""]
     mem = [r for r in rows if r["section"] == "memory"]
-    if mem:
+    if mem and mem[0]["status"] != "ok":
+        L += ["## 3. Peak memory of one DPS step at 256x256", "", mem[0]["status"], ""]
+    elif mem:
         keys = [k for k in mem[0] if k.startswith("peak_b")]
         L += ["## 3. Peak memory of one DPS step at 256x256 (ffhq256-size network, random weights)", "",
               "Resident set size above its value before the solve (sampled every 2 ms, glibc malloc_trim before each); "
@@ -293,9 +313,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=32, help="channels of the reduced 64x64 ADM")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--solvers", default=",".join(sorted(STEPS)))
-    p.add_argument("--big-width", type=int, default=8,
-                   help="channels of the 256x256 network for DPPS at batch 8 (0: the ffhq256-size network)")
-    p.add_argument("--big-steps", type=int, default=10, help="DPPS steps at 256x256 (a grid of the 1000 steps)")
+    p.add_argument("--big-width", type=int, default=-1,
+                   help="the prior for DPPS at 256x256 batch 8: -1 (default) the exact Gaussian prior (a cheap "
+                        "stand-in: the time outside the network does not depend on it), 0 the ffhq256-size ADM, "
+                        ">= 32 a reduced-width ADM")
+    p.add_argument("--big-steps", type=int, default=20, help="DPPS steps at 256x256 (a grid of the 1000 steps)")
     p.add_argument("--skip", default="", help="comma list of sections to skip: noise,dpps,memory,audit")
     args = p.parse_args(argv)
 
@@ -314,21 +336,29 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"label": args.label or "current code", "threads": args.threads, "width": args.width}
     if "noise" not in skip:
-        rows += noise_share_rows(names, "inpaint_random", 64, args.width, args.batch, device, log)
+        rows += section(lambda: noise_share_rows(names, "inpaint_random", 64, args.width, args.batch, device, log),
+                        "noise", many=True)
     if "dpps" not in skip:
-        rows.append(dpps_step_row(64, args.width, args.batch, STEPS["dpps"]["num_steps"], False, device, log))
-        full = args.big_width == 0
-        rows.append(dpps_step_row(256, args.big_width, 8, args.big_steps, full, device, log))
-        meta["dpps_note"] = (f"64x64: {STEPS['dpps']['num_steps']} steps of the 1000-step grid; 256x256: "
-                             f"{args.big_steps} steps" + ("" if full else
-                             f", with a {args.big_width}-channel network instead of the ffhq256-size one (128 "
-                             "channels: about 15 GB of activations and minutes per step at batch 8 on one CPU thread), "
-                             "so the `in network` column is that small network's; the time outside the network (the "
-                             "candidates, operators and noise that the fix targets) does not depend on the network. "
-                             "The candidate count n_k grows with the SNR (2 at the first step, 50 late), so a grid of "
-                             "several steps gives a representative mix; the last step selects nothing"))
+        small = build_prior(64, args.width, device, full=False)
+        rows.append(section(lambda: dpps_step_row(small, f"ADM, {args.width} channels", 64, args.batch,
+                                                  STEPS["dpps"]["num_steps"], device, log), "dpps"))
+        if args.big_width < 0:
+            big: DiffusionPrior = GaussianPrior(image_shape=(3, 256, 256)).to(device)
+            network = "exact Gaussian prior (stand-in)"
+        else:
+            big = build_prior(256, args.big_width, device, full=args.big_width == 0)
+            network = "ffhq256-size ADM" if args.big_width == 0 else f"ADM, {args.big_width} channels"
+        rows.append(section(lambda: dpps_step_row(big, network, 256, 8, args.big_steps, device, log), "dpps"))
+        meta["dpps_note"] = (
+            f"64x64: {STEPS['dpps']['num_steps']} steps of the 1000-step grid; 256x256: {args.big_steps} steps. "
+            "The candidate count n_k grows with the SNR (2 at the first step, up to 50 late), so a grid of several "
+            "steps gives a representative mix; the last step selects nothing. "
+            + ("At 256x256 the prior is the exact Gaussian prior, not the ADM network (the ffhq256-size network "
+               "needs about 15 GB of activations and minutes per step at batch 8 on one CPU thread): its "
+               "`in network` column is not a UNet's; the time outside the network (candidates, operators, noise: "
+               "what the GPU-path fix targets) does not depend on the prior." if args.big_width < 0 else ""))
     if "memory" not in skip:
-        rows += memory_rows(device, (1, 2), log)
+        rows += section(lambda: memory_rows(device, (1, 2), log), "memory", many=True)
     if "audit" not in skip:
         audit, note = audit_rows(names, log)
         rows += audit

@@ -38,19 +38,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-import operators
 import solvers
 from benchmarks.clocks import (NetworkClock, OperatorClock, Timing, _malloc_setup, median_timing, peak_memory,
                                timed)
 from benchmarks.precision import precision_table
-from benchmarks.workload import (FFHQ256_FLAGS, ROOT, SIGMA_Y, TABLE1_TASKS, TASK_PARAMS, NetworkTimer, Problem,
-                                 build_prior, make_problem, n_parameters, network_limit, vjp_increment, window)
+from benchmarks.workload import (ROOT, SIGMA_Y, TABLE1_TASKS, NetworkTimer, Problem, build_prior, make_problem,
+                                 n_parameters, network_limit, window)
 from priors.adm import ADMPrior
 from priors.base import DiffusionPrior
 from solvers.base import SolverDiverged, UnsupportedTask
-
-__all__ = ["FFHQ256_FLAGS", "SIGMA_Y", "TABLE1_TASKS", "TASK_PARAMS", "NetworkTimer", "Problem", "Timing",
-           "build_prior", "make_problem", "network_limit", "vjp_increment", "window"]  # shared pieces, re-exported
 
 BACKPROP_SOLVERS = ("dps", "mcg", "dpps", "spgd")
 #: step counts of the benchmark: 20 network calls per solve (Table 1's own count for DDRM and DiffPIR; the

@@ -86,7 +86,7 @@ class DnCNN(nn.Module):
         if self.sigma_input:
             if sigma is None:
                 raise ValueError("this DnCNN variant takes the noise std as input: pass sigma (on [0, 1])")
-            s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+            s = sigma.to(dtype=x.dtype, device=x.device) if isinstance(sigma, Tensor) else x.new_full((), float(sigma))
             s = s.view(-1, 1, 1, 1).expand_as(x) if s.ndim else s.expand_as(x)
             return x - self.body(torch.cat([x, s], dim=1))[:, :1]
         return x - self.body(x)

@@ -125,6 +125,9 @@ def test_injected_timings_batch_and_limit():
     assert spgd.peak_mem_mb == 30.0  # backprop solver: forward+backward memory
     reddiff = next(r for r in rows if r.solver == "reddiff" and r.task == "sr4")
     assert reddiff.seconds_per_image == pytest.approx(1000 * 0.5 / 2) and reddiff.peak_mem_mb == 10.0
+    hours = 4 * 2 * (500 * 2.5 / 2 + 1000 * 0.5 / 2) / 3600  # 4 tasks x 2 images x (spgd + reddiff)
+    assert planning.summary_line(rows) == f"plan: 16 image solves, ~{hours:.2f} h of network time on this device " \
+                                          f"({hours / 24:.1f} days)"
 
 
 def test_batch_size_precedence():

@@ -6,33 +6,33 @@ import torch
 
 import operators
 import solvers
-from benchmarks import perf
+from benchmarks import clocks, perf, workload
 from priors.gaussian import GaussianPrior
 
 
 def test_network_limit_and_ratio_arithmetic():
     # DPS-like: 8 forward + 8 backward calls; t_vjp is what a backward adds to its forward
     t_fwd, t_fb = 0.5, 1.25
-    t_vjp = perf.vjp_increment(t_fwd, t_fb)
+    t_vjp = workload.vjp_increment(t_fwd, t_fb)
     assert t_vjp == pytest.approx(0.75)
-    limit = perf.network_limit(8, 8, t_fwd, t_vjp)
+    limit = workload.network_limit(8, 8, t_fwd, t_vjp)
     assert limit == pytest.approx(8 * t_fb)  # every call differentiated: limit = NFE * t(forward + VJP)
-    assert perf.network_limit(5, 0, t_fwd, t_vjp) == pytest.approx(2.5)
+    assert workload.network_limit(5, 0, t_fwd, t_vjp) == pytest.approx(2.5)
     assert perf.overhead_ratio(1.1 * limit, limit) == pytest.approx(1.1)
     assert perf.overhead_ratio(1.0, 0.0) == math.inf
-    assert perf.vjp_increment(1.0, 0.9) == 0.0  # noise never makes a backward pass negative
+    assert workload.vjp_increment(1.0, 0.9) == 0.0  # noise never makes a backward pass negative
     with pytest.raises(ValueError):
-        perf.network_limit(-1, 0, 0.1, 0.1)
+        workload.network_limit(-1, 0, 0.1, 0.1)
     assert perf.images_per_second(16, 4.0) == 4.0
 
 
 def test_window_takes_the_samples_around_a_solve():
-    samples = [perf.Timing(float(i), float(i)) for i in range(6)]
+    samples = [clocks.Timing(float(i), float(i)) for i in range(6)]
     # solve j ran between sample j and sample j + 1
-    assert [t.wall for t in perf.window(samples, 2)] == [1.0, 2.0, 3.0, 4.0]
-    assert [t.wall for t in perf.window(samples, 0)] == [0.0, 1.0, 2.0]
-    assert [t.wall for t in perf.window(samples, 5)] == [4.0, 5.0]
-    assert perf.median_timing(perf.window(samples, 2)).wall == 2.5
+    assert [t.wall for t in workload.window(samples, 2)] == [1.0, 2.0, 3.0, 4.0]
+    assert [t.wall for t in workload.window(samples, 0)] == [0.0, 1.0, 2.0]
+    assert [t.wall for t in workload.window(samples, 5)] == [4.0, 5.0]
+    assert clocks.median_timing(workload.window(samples, 2)).wall == 2.5
 
 
 def test_perf_step_counts_are_small_and_call_the_network():
@@ -51,7 +51,7 @@ def test_operator_clock_keeps_results_and_clocks_selected_operators():
     x = torch.rand(3, 3, 16, 16) * 2 - 1
     A = operators.get("inpaint_random", image_shape=(3, 16, 16), seeds=[0, 1, 2])
     B = operators.get("inpaint_random", image_shape=(3, 16, 16), seeds=[0, 1, 2])
-    clock = perf.OperatorClock(torch.device("cpu"))
+    clock = clocks.OperatorClock(torch.device("cpu"))
     clock.attach(B)
     assert torch.equal(B(x), A(x))
     assert torch.equal(B.prox(x, A(x), 0.3), A.prox(x, A(x), 0.3))
@@ -61,8 +61,8 @@ def test_operator_clock_keeps_results_and_clocks_selected_operators():
 
 
 def test_peak_memory_sees_a_held_allocation():
-    perf._malloc_setup()
-    with perf.peak_memory(torch.device("cpu")) as mem:
+    clocks._malloc_setup()
+    with clocks.peak_memory(torch.device("cpu")) as mem:
         block = torch.ones(16, 2**20)  # 64 MiB, touched
         block.add_(1)
     assert mem["peak_bytes"] >= 60 * 2**20
