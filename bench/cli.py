@@ -186,7 +186,8 @@ def cmd_check_solver(args: argparse.Namespace) -> int:
     for result in results:
         print(result.line())
     failed = sum(not r.ok for r in results)
-    print(f"{cls.__name__}: {len(results) - failed} passed, {failed} failed"
+    skipped = sum(r.skipped for r in results)
+    print(f"{cls.__name__}: {len(results) - failed - skipped} passed, {failed} failed, {skipped} task(s) skipped"
           + (" (with its `smoke` overrides; --full for its own settings)" if not args.full and cls.smoke else ""))
     return 1 if failed else 0
 

@@ -374,6 +374,8 @@ class Runner:
         todo_total = sum(len(t) for *_, t in plan)
         self.log(f"[rank {self.rank}] {todo_total} records to compute, {counts['skipped']} stored and current "
                  f"(device {self.device}, random streams on {self.rng_device})")
+        if todo_total and self.rank == 0:
+            self.log(self.projection(plan, priors))
 
         with _progress(self.progress) as bar:
             overall = bar.add_task("all", total=todo_total) if bar else None
@@ -400,6 +402,41 @@ class Runner:
                     del prior
                     release_memory(self.device)
         return counts
+
+    def projection(self, plan: list, priors: dict[str, torch.nn.Module]) -> str:
+        """The projected network time of what this run will compute (bench/plan.py: a short measurement of
+        each dataset's prior at its batch size, x each solver's budget, x the records to compute; on W
+        processes, each takes 1/W). Never stops the run: a failed measurement is said in the line."""
+        from bench import plan as planning
+        seconds = 0.0
+        for ds in self.p.datasets:
+            todo = {(task.name, entry): n for d, task, cells, _, keys in plan if d is ds
+                    for entry, n in _count_by_entry(cells, keys).items() if n}
+            if not todo:
+                continue
+            prior = priors[ds.name].to(self.device)
+            try:
+                timing = planning.measure_at(prior, self.batch_size_for(ds), self.device,
+                                             quick=self.device.type == "cpu", repeats=1)
+            except Exception as err:  # noqa: BLE001 - the projection is informative only
+                return f"projected time: not measured ({type(err).__name__}: {str(err)[:120]})"
+            finally:
+                if self.device.type != "cpu":
+                    priors[ds.name] = prior.to("cpu")
+                    release_memory(self.device)
+            for d, task, cells, _, keys in plan:
+                if d is not ds:
+                    continue
+                for c in cells:
+                    n = todo.get((task.name, c.solver.name), 0)
+                    budget = c.obj.budget() if n and c.supported and hasattr(c.obj, "budget") else None
+                    if budget:
+                        seconds += n * planning.seconds_per_image(budget["nfe_forward"], budget["nfe_backward"],
+                                                                  timing.t_forward_per_image,
+                                                                  timing.t_forward_backward_per_image)
+        hours = seconds / 3600 / self.world
+        return (f"projected network time on {self.device}: {hours:.3g} h per process "
+                f"(python -m bench plan for the breakdown)")
 
     def _needs_run(self, c: Cell, ref: data.ImageRef, stored: dict, stored_fps: dict) -> str | None:
         """None when a current record exists; else why the record is (re)computed."""
@@ -572,6 +609,14 @@ class Runner:
         for r, xi in zip(refs, xs):
             image = Image.fromarray(data.to_uint8(xi))
             atomic_write(folder / f"{r.id}.png", lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _count_by_entry(cells: list[Cell], keys: set) -> dict[str, int]:
+    """Records to compute per table entry of one (dataset, task)."""
+    out: dict[str, int] = {}
+    for k in keys:
+        out[k[3]] = out.get(k[3], 0) + 1
+    return {c.solver.name: out.get(c.solver.name, 0) for c in cells}
 
 
 def _index(records: list[dict]) -> dict[tuple, dict[str, dict]]:
