@@ -1,14 +1,19 @@
-"""The `python -m bench` command line.
+"""The `python -m bench` command line (`python -m bench <command> --help` for every flag, with examples).
 
     python -m bench run   --protocol NAME [--limit N] [--datasets a,b] [--tasks a,b] [--solvers a,b]
-                          [--batch-size B] [--device cpu|cuda] [--threads N] [--results DIR] [--retry-errors]
-    python -m bench table --protocol NAME [--results DIR]
+                          [--set SOLVER.KEY=VALUE ...] [--import MODULE ...] [--batch-size N|ds=N,...]
+                          [--device cpu|cuda[:N]] [--threads N] [--results DIR] [--rerun stale|errors|all]
+                          [--precision fp32|bf16|fp16] [--channels-last] [--compile] [--checkpointing]
+                          [--tf32] [--cudnn-benchmark] [--deterministic] [--rng-device run|cpu]
+    python -m bench table --protocol NAME [same selection, --set and speed flags] [--all-configs]
+    python -m bench plan  --protocol NAME [--device ...] [--batch-size ...] [--random-weights]
+    python -m bench solvers [NAME ...] | tasks | protocols
+    python -m bench check-solver MODULE:CLASS                        (the solver contract on your class)
     python -m bench data check --protocol NAME [--datasets a,b]     (folder vs manifest: missing/changed/extra)
     python -m bench data manifest FOLDER --dataset NAME --out FILE  (hash a folder into a manifest)
     python -m bench checkpoints [NAMES...]                          (priors/checkpoints.py)
-    python -m bench protocols                                       (list protocols)
 
-Results go to $RESTOREBENCH_RESULTS/<protocol> or ./results/<protocol>. User errors print one message
+Results go to $RESTOREBENCH_RESULTS/<protocol> or ./results/<protocol>. User errors print one line
 and exit with status 2.
 """
 from __future__ import annotations
@@ -248,11 +253,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
 RERUN = ("stale", "errors", "all")
 RUN_EXAMPLES = """examples:
   python -m bench run --protocol demo
@@ -299,7 +299,7 @@ def _speed_args(r: argparse.ArgumentParser) -> None:
                             "on every device); default: the protocol's")
 
 
-def _selection_args(p: argparse.ArgumentParser) -> None:
+def _selection_args(p: argparse.ArgumentParser, results: bool = True) -> None:
     p.add_argument("--protocol", required=True, help="a protocol name (python -m bench protocols) or a .yaml path")
     p.add_argument("--datasets", help="comma-separated subset of the protocol's datasets")
     p.add_argument("--tasks", help="comma-separated subset of the protocol's tasks")
@@ -308,7 +308,9 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
                    help="override a hyper-parameter (YAML value, checked against the solver's keys); repeatable")
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                    help="import a module (dotted name or .py path) that defines solvers or priors; repeatable")
-    p.add_argument("--results", help="results folder (default $RESTOREBENCH_RESULTS/<protocol> or results/<protocol>)")
+    if results:
+        p.add_argument("--results", help="results folder (default $RESTOREBENCH_RESULTS/<protocol> or "
+                                         "results/<protocol>)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -385,26 +387,12 @@ def parser() -> argparse.ArgumentParser:
     o.set_defaults(func=cmd_tasks)
     pl = sub.add_parser("plan", help="projected hours and memory of a protocol on this device",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PLAN_EXAMPLES)
-    pl.add_argument("--protocol", required=True, help="a protocol name (python -m bench protocols) or a .yaml path")
+    _selection_args(pl, results=False)
     pl.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     pl.add_argument("--batch-size", metavar="N|NAME=N,...",
                     help="images per batch for every dataset, or per dataset (ffhq=8,imagenet=2); default: the "
                          "dataset's, else the protocol's")
-    pl.add_argument("--datasets", help="comma-separated subset of the protocol's datasets")
-    pl.add_argument("--tasks", help="comma-separated subset of the protocol's tasks")
-    pl.add_argument("--solvers", help="comma-separated entries of the protocol, or any registered solver")
-    pl.add_argument("--set", action="append", metavar="SOLVER.KEY=VALUE",
-                    help="override a hyper-parameter as in bench run (changes the NFE budget, e.g. num_steps)")
-    pl.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                    help="import a module (dotted name or .py path) that defines solvers or priors; repeatable")
-    pl.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
-                    help="autocast of the ADM UNet to time (default: the protocol's)")
-    for flag, text in (("channels-last", "NHWC convolutions"), ("compile", "torch.compile the UNet"),
-                       ("checkpointing", "activation checkpointing (less memory, more time)"),
-                       ("tf32", "TF32 matmul/convolutions (Ampere+ GPUs)"), ("cudnn-benchmark", "cuDNN autotuning"),
-                       ("deterministic", "deterministic CUDA kernels")):
-        pl.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action=argparse.BooleanOptionalAction,
-                        default=None, help=f"time with {text} (default: the protocol's)")
+    _speed_args(pl)
     pl.add_argument("--limit", type=int, help="first N images of each dataset (as bench run --limit)")
     pl.add_argument("--random-weights", action="store_true",
                     help="time registered networks with random weights when their checkpoint is missing "

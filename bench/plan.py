@@ -40,6 +40,7 @@ import torch
 
 import operators
 from bench.errors import BenchError
+from bench.memory import PeakMemory
 from bench.protocol import DatasetSpec, Protocol
 
 Clock = Callable[[], float]
@@ -120,26 +121,6 @@ def total_hours(rows: Sequence[PlanRow]) -> float:
 
 
 # ------------------------------------------------------------------------------------------ memory
-def _proc_status_mb(field_name: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def free_memory_mb(device: torch.device) -> float | None:
     """Free memory for activations: the GPU's free memory, or the machine's MemAvailable on CPU."""
     if device.type == "cuda":
@@ -152,33 +133,6 @@ def free_memory_mb(device: torch.device) -> float | None:
     except OSError:
         return None
     return None
-
-
-class _PeakMemory:
-    """Activation memory of a block: CUDA max_memory_allocated above the start, or CPU RSS growth."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.mb = 0.0
-
-    def __enter__(self) -> "_PeakMemory":
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.cpu = _reset_rss_peak()
-            self.start = _proc_status_mb("VmRSS") if self.cpu else None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2 ** 20
-        elif self.start is not None:
-            hwm = _proc_status_mb("VmHWM")
-            self.mb = max(0.0, hwm - self.start) if hwm is not None else 0.0
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -223,9 +177,9 @@ def measure_network(prior: torch.nn.Module, batch: int, device: torch.device, re
     `warmup` calls) and the peak memory of each (weights + activations)."""
     x = torch.randn((batch, *prior.image_shape), generator=torch.Generator().manual_seed(0)).to(device)
     w = weights_mb(prior)
-    with _PeakMemory(device) as mem_f:
+    with PeakMemory(device) as mem_f:
         _forward(prior, x)
-    with _PeakMemory(device) as mem_fb:
+    with PeakMemory(device) as mem_fb:
         _forward_backward(prior, x)
     t_f = _time_call(lambda: _forward(prior, x), device, repeats, max(0, warmup - 1), clock)
     t_fb = _time_call(lambda: _forward_backward(prior, x), device, repeats, max(0, warmup - 1), clock)

@@ -37,6 +37,7 @@ import solvers
 from bench import data, seeding
 from bench.errors import BenchError
 from bench.fingerprint import Fingerprint, fingerprint
+from bench.memory import PeakMemory
 from bench.prior_loading import load_prior, missing_checkpoint, prior_identity
 from bench.results_folder import check_results_dir
 from bench.protocol import REPO_ROOT, DatasetSpec, Protocol, SolverSpec, TaskSpec
@@ -150,55 +151,20 @@ def release_memory(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------------------- memory
-def _proc_status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        return None
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the kernel's RSS high-water mark (Linux: write 5 to /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def _measure(device: torch.device, out: dict):
-    """Wall seconds and the peak memory the block added.
-
-    GPU: torch.cuda.max_memory_allocated during the block minus what was allocated at its start (the
-    prior's weights, y, x), so the figure is the solve's own working memory. CPU: the process's peak
-    resident memory during the block above its resident memory at the start (VmHWM after resetting
-    it, minus VmRSS); 0 where /proc is unavailable."""
-    cuda = device.type == "cuda"
-    base = 0.0
-    if cuda:
+    """Wall seconds and the peak memory the block added (bench/memory.py: on the GPU above what was
+    allocated at its start, i.e. without the prior's weights; on the CPU the growth of the resident set)."""
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device) / 2 ** 20
-    cpu_peak = (not cuda) and _reset_rss_peak()
-    rss0 = _proc_status_mb("VmRSS") if cpu_peak else None
+    peak = PeakMemory(device)
     t0 = time.perf_counter()
     try:
-        yield
+        with peak:
+            yield
     finally:
-        if cuda:
-            torch.cuda.synchronize(device)
         out["seconds"] = time.perf_counter() - t0
-        if cuda:
-            out["peak_mem_mb"] = max(0.0, torch.cuda.max_memory_allocated(device) / 2 ** 20 - base)
-        else:
-            hwm = _proc_status_mb("VmHWM") if cpu_peak else None
-            out["peak_mem_mb"] = max(0.0, hwm - rss0) if hwm is not None and rss0 is not None else 0.0
+        out["peak_mem_mb"] = peak.mb
 
 
 # ---------------------------------------------------------------------------------------- run

@@ -104,3 +104,13 @@ def test_assets_prints_one_line_per_asset_and_skips_what_is_present(capsys, monk
     assert lines[:2] == [f"lpips backbone {net}: present {lpips_weights.hub_checkpoint_path(net)}"
                          for net in ("alex", "vgg")]
     assert lines[2:] == ["pnp denoisers: stub"]
+
+
+def test_citation_file_is_valid_cff_naming_the_project_and_its_licence():
+    import yaml
+    root = Path(__file__).resolve().parents[1]
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert "RestoreBench" in cff["title"] and cff["license"] == "Apache-2.0"
+    assert cff["version"] == __import__("tomllib").loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert all(a.get("name") or a.get("family-names") for a in cff["authors"])
