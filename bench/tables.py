@@ -386,12 +386,13 @@ def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: st
     ext = external_models(shown, configs)
     marks = {row: (MARKS[i % len(MARKS)], models) for i, (row, models) in
              enumerate(sorted(ext.items(), key=lambda kv: [m for m, _ in layout.methods].index(kv[0])))}
+    plain_labels = dict(layout.methods)
     layout.methods = [(m, lab + marks[m][0] if m in marks else lab) for m, lab in layout.methods]
     cells = aggregate(shown)
     title = f"{name}: {description}" if description else name
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = TABLE_STEM
-    foot = footer(shown, configs, notes, marks, dict(layout.methods))
+    foot = footer(shown, configs, notes, marks, plain_labels)
     files = {f"{stem}.csv": tidy_csv(cells, layout),
              f"{stem}.md": markdown(cells, layout, title, foot),
              f"{stem}.tex": latex(cells, layout, title)}

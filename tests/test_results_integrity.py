@@ -205,7 +205,7 @@ def test_demo_pnp_admm_uses_the_prior_and_the_dncnn_row_is_footnoted(tmp_path):
     assert ext["pnp_admm"] == {} and "DnCNN" in ext["pnp_admm_dncnn"]["denoiser"]
     assert "| PnP-ADMM (prior denoiser) |" in md  # the main row: the protocol's prior, no mark
     assert "| PnP-ADMM (DnCNN)¹ |" in md
-    assert "- ¹ PnP-ADMM (DnCNN)¹ uses a model besides the protocol's prior: denoiser: DnCNN" in md
+    assert "- ¹ PnP-ADMM (DnCNN) uses a model besides the protocol's prior: denoiser: DnCNN" in md
 
 
 # ------------------------------------------------------------------------------ speed switches
