@@ -143,3 +143,20 @@ def test_missing_checkpoint_only_for_registered_names(tmp_path, monkeypatch):
     monkeypatch.setenv("RESTOREBENCH_CHECKPOINTS", str(tmp_path))
     assert "make checkpoints NAMES=ffhq256" in missing_checkpoint("ffhq256")
     assert missing_checkpoint("ffhq265") is None and missing_checkpoint("gaussian") is None
+
+
+def test_a_protocol_runs_a_users_checkpoint_with_its_unet_flags(checkpoint, tmp_path):
+    """`prior: <path>` + `unet: {flags}` in a protocol: the run uses that network, the record's config names
+    the file's sha256 and the flags (so another checkpoint or other flags never share a table row)."""
+    from bench import store
+    from bench.cli import main
+    from test_bench_fakes import protocol
+    ds = {"mine": {"label": "Mine", "prior": str(checkpoint), "unet": dict(TINY), "image_size": 32,
+                   "manifest": "datasets/demo.json", "root": "datasets/demo", "count": 1}}
+    proto = protocol(tmp_path, datasets=ds, tasks={"sr4": {"params": {"factor": 4}}})
+    assert main(["run", "--protocol", str(proto), "--results", str(tmp_path / "res")]) == 0
+    (rec,) = store.load_records(tmp_path / "res")
+    assert rec["status"] == "ok" and rec["nfe_forward"] == 1
+    ident = store.load_configs(tmp_path / "res")[rec["config_hash"]]["prior"]
+    assert ident["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert ident["unet"]["num_channels"] == TINY["num_channels"] and ident["class"].endswith("ADMPrior")
