@@ -345,13 +345,14 @@ class Runner:
 
         with _progress(self.progress) as bar:
             overall = bar.add_task("all", total=todo_total) if bar else None
-            for ds_index, ds in enumerate(self.p.datasets):
+            for ds in self.p.datasets:
                 ds_plan = [entry for entry in plan if entry[0] is ds]
                 if not any(t for *_, t in ds_plan):
                     continue
                 prior = priors[ds.name].to(self.device)  # only this dataset's prior is on the device
                 for _, task, cells, mine, todo in ds_plan:
-                    sub = bar.add_task(f"{ds.name} / {task.name}", total=len(todo)) if bar and todo else None
+                    n_todo = len(todo)  # `todo` is emptied as records are written
+                    sub = bar.add_task(f"{ds.name} / {task.name}", total=n_todo) if bar and n_todo else None
                     t_cell = time.perf_counter()
                     size = self.batch_size_for(ds)
                     for start in range(0, len(mine), size):
@@ -360,8 +361,8 @@ class Runner:
                         if bar and n:
                             bar.advance(overall, n)
                             bar.advance(sub, n)
-                    if todo and not bar:
-                        self.log(f"[rank {self.rank}] {ds.name} / {task.name}: {len(todo)} records "
+                    if n_todo and not bar:
+                        self.log(f"[rank {self.rank}] {ds.name} / {task.name}: {n_todo} records "
                                  f"in {time.perf_counter() - t_cell:.1f} s")
                 if self.device.type != "cpu":
                     priors[ds.name] = prior.to("cpu")
