@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.store import RERUN_CHOICES
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -44,24 +45,25 @@ def _speed_overrides(args: argparse.Namespace) -> dict:
     if args.precision:
         out["precision"] = args.precision
     for key in ("channels_last", "compile", "checkpointing", "tf32", "cudnn_benchmark", "deterministic"):
-        value = getattr(args, key, None)
+        value = getattr(args, key)
         if value is not None:
             out[key] = value
     return out
 
 
 def load_protocol(args: argparse.Namespace):
-    """The protocol of a `run`/`table` command with the command line's changes applied (--import,
-    --datasets/--tasks/--solvers, --set, speed flags, --rng-device), in that order."""
+    """The protocol of a `run`/`table`/`plan` command (parsed with `_selection_args` and `_speed_args`) with
+    the command line's changes applied (--import, --datasets/--tasks/--solvers, --set, speed flags,
+    --rng-device), in that order."""
     from bench import protocol as proto
-    for module in getattr(args, "imports", None) or []:
+    for module in args.imports or []:
         proto.import_user_module(module)
     p = proto.load(args.protocol).restrict(_csv(args.datasets), _csv(args.tasks), _csv(args.solvers))
-    p = proto.apply_sets(p, getattr(args, "set", None))
-    speed = _speed_overrides(args) if hasattr(args, "precision") else {}
+    p = proto.apply_sets(p, args.set)
+    speed = _speed_overrides(args)
     if speed:
         p.speed = proto.parse_speed("command line", {**p.speed, **speed})
-    if getattr(args, "rng_device", None):
+    if args.rng_device:
         p.rng_device = args.rng_device
     return p
 
@@ -253,7 +255,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-RERUN = ("stale", "errors", "all")
 RUN_EXAMPLES = """examples:
   python -m bench run --protocol demo
   python -m bench run --protocol demo --solvers spgd,dps --set spgd.lr=2.0 --set dps.zeta=0.5
@@ -337,7 +338,7 @@ def parser() -> argparse.ArgumentParser:
                         "protocol's; never changes a number; halved automatically when out of memory")
     r.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
     r.add_argument("--threads", type=int, help="CPU threads (default: 1 for images <= 64 px on CPU, else torch's)")
-    r.add_argument("--rerun", choices=RERUN, default="stale",
+    r.add_argument("--rerun", choices=RERUN_CHOICES, default="stale",
                    help="stale (default): compute missing records and those made by other code; errors: also "
                         "rerun 'error' records; all: recompute everything")
     r.add_argument("--retry-errors", action="store_true", help="same as --rerun errors")

@@ -46,6 +46,7 @@ class Fingerprint:
         return sorted(k for k in set(self.files) | set(theirs) if self.files.get(k) != theirs.get(k))
 
 
+@lru_cache(maxsize=1)
 def _library_roots() -> tuple[Path, ...]:
     paths = sysconfig.get_paths()
     roots = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
@@ -103,12 +104,18 @@ def file_sha(path: Path) -> str:
     return _file_sha(path, st.st_mtime_ns, st.st_size)
 
 
-def _imported_modules(name: str, path: Path) -> set[str]:
-    """Module names that `name`'s source imports (and that are loaded)."""
+def _imported_modules(name: str, path: Path) -> frozenset[str]:
+    """Module names that `name`'s source imports (those with a source file outside the libraries)."""
+    st = path.stat()
+    return _imports_of(name, path, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=None)
+def _imports_of(name: str, path: Path, mtime_ns: int, size: int) -> frozenset[str]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
-        return set()
+        return frozenset()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(tree):
@@ -126,7 +133,7 @@ def _imported_modules(name: str, path: Path) -> set[str]:
             out.update(modules)
             if base and len(modules) < len(subs):  # names defined in `base` itself
                 out.add(base)
-    return {m for m in out if _module_file(m) is not None}
+    return frozenset(m for m in out if _module_file(m) is not None)
 
 
 def module_closure(roots: Iterable[str]) -> dict[str, Path]:

@@ -7,9 +7,22 @@ through /proc/self/clear_refs, minus VmRSS); 0 where /proc is unavailable.
 """
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import torch
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA (or other allocator) out-of-memory failure."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what dropped references held: garbage-collect, then return cached GPU blocks."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def proc_status_mb(field_name: str) -> float | None:

@@ -28,7 +28,6 @@ faster per image, so the projection is then an upper bound on time.
 """
 from __future__ import annotations
 
-import gc
 import os
 import platform
 import statistics
@@ -40,7 +39,7 @@ import torch
 
 import operators
 from bench.errors import BenchError
-from bench.memory import PeakMemory
+from bench.memory import PeakMemory, is_out_of_memory, release_memory
 from bench.protocol import DatasetSpec, Protocol
 
 Clock = Callable[[], float]
@@ -188,10 +187,6 @@ def measure_network(prior: torch.nn.Module, batch: int, device: torch.device, re
                      mem_forward_backward_mb=w + mem_fb.mb, measured_batch=batch, weights_mb=w)
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
-
-
 def measure_at(prior: torch.nn.Module, batch: int, device: torch.device, quick: bool = False, repeats: int = 3,
                clock: Clock = time.perf_counter) -> NetTiming:
     """The network's timing at `batch`: measured at batch 1, then at `batch` unless `quick`, the projected
@@ -211,9 +206,7 @@ def measure_at(prior: torch.nn.Module, batch: int, device: torch.device, quick: 
     except Exception as err:  # noqa: BLE001 - out of memory only; anything else is re-raised
         if not is_out_of_memory(err):
             raise
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(device)
     return one.scaled(batch, f"batch {batch} ran out of memory: timed at batch 1, scaled linearly")
 
 
@@ -244,7 +237,7 @@ def load_plan_prior(ds: DatasetSpec, device: torch.device, speed: dict | None, r
         raise BenchError(f"dataset {ds.name!r}: no checkpoint for prior {ds.prior!r} (run `python -m bench checkpoints "
                          f"{ds.prior}`); timing does not depend on the weights: add --random-weights to plan "
                          f"with random weights of the same network")
-    return load_prior(ds.prior, ds.image_size, device, speed=speed, unet=getattr(ds, "unet", None))
+    return load_prior(ds.prior, ds.image_size, device, speed=speed, unet=ds.unet)
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -259,8 +252,7 @@ def dataset_images(ds: DatasetSpec, limit: int | None = None) -> int:
 
 def dataset_batch(p: Protocol, ds: DatasetSpec, batch_size: int | None, images: int) -> int:
     """--batch-size, else the dataset's `batch_size`, else the protocol's; never more than the images."""
-    batch = batch_size or getattr(ds, "batch_size", None) or p.batch_size
-    return max(1, min(batch, images))
+    return max(1, min(batch_size or p.batch_size_for(ds), images))
 
 
 def plan(protocol: Protocol, device: str | torch.device, batch_size: int | None = None, limit: int | None = None,
@@ -293,7 +285,7 @@ def _plan(protocol: Protocol, dev: torch.device, batch_size: int | None, limit: 
           progress: Callable[[str], None] | None) -> list[PlanRow]:
     from bench.runner import build_solver
 
-    speed = getattr(protocol, "speed", None)
+    speed = protocol.speed
     rows: list[PlanRow] = []
     for ds in protocol.datasets:
         images = dataset_images(ds, limit)
@@ -313,9 +305,7 @@ def _plan(protocol: Protocol, dev: torch.device, batch_size: int | None, limit: 
                 solver = build_solver(spec, prior, task.name, ds.name, protocol.smoke)
                 rows.append(_row(ds.name, task.name, spec.name, images, batch, solver, A, timing))
         del prior
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(dev)
     return rows
 
 

@@ -337,7 +337,6 @@ def apply_sets(p: "Protocol", sets: list[str] | None) -> "Protocol":
     solver (or entry name), validated against the solver's hyper-parameters and their types."""
     if not sets:
         return p
-    import solvers as solver_pkg
     from solvers.base import resolve_config, solver_class
     out = copy.copy(p)
     entries = list(p.solvers)
@@ -365,7 +364,6 @@ def apply_sets(p: "Protocol", sets: list[str] | None) -> "Protocol":
                                  f"valid keys: {', '.join(sorted(known))}")
             _check_type(item, known[key]["value"], value)
             entries[i] = SolverSpec(e.name, e.label, {**e.overrides, key: value}, e.solver)
-    del solver_pkg
     out.solvers = entries
     return out
 

@@ -16,7 +16,6 @@ and writes its own records file; no process group is needed because images are i
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import os
@@ -37,16 +36,14 @@ import solvers
 from bench import data, seeding
 from bench.errors import BenchError
 from bench.fingerprint import Fingerprint, fingerprint
-from bench.memory import PeakMemory
+from bench.memory import PeakMemory, is_out_of_memory, release_memory
 from bench.prior_loading import load_prior, missing_checkpoint, prior_identity
 from bench.results_folder import check_results_dir
 from bench.protocol import REPO_ROOT, DatasetSpec, Protocol, SolverSpec, TaskSpec
-from bench.store import Store, load_fingerprints, load_records, record_key, writer_name
+from bench.store import RERUN_CHOICES, Store, load_fingerprints, load_records, record_key, writer_name
 from common.fileio import atomic_write
 from solvers.base import SolverDiverged, SolverError, UnsupportedTask
 from solvers.oracle import Oracle
-
-RERUN_CHOICES = ("stale", "errors", "all")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -140,16 +137,6 @@ def apply_speed_flags(speed: dict, device: torch.device) -> None:
     torch.use_deterministic_algorithms(deterministic)
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
-
-
-def release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 # ---------------------------------------------------------------------------------------- memory
 @contextlib.contextmanager
 def _measure(device: torch.device, out: dict):
@@ -228,13 +215,8 @@ class Runner:
         missing = {msg for msg in (missing_checkpoint(ds.prior) for ds in self.p.datasets) if msg}
         if missing:
             problems.extend(sorted(missing))
-        for ds in self.p.datasets if not problems else []:
-            try:
-                priors[ds.name] = self._load_prior(ds, "cpu")
-            except BenchError as err:
-                problems.append(str(err))
-            except (FileNotFoundError, ValueError, RuntimeError, OSError, ImportError) as err:
-                problems.append(f"prior {ds.prior!r} for dataset {ds.name!r}: {err}")
+        if not problems:
+            priors = self._load_priors(problems)
         if problems:
             hint = ("\nDownload the checkpoints with `make checkpoints` (python -m bench checkpoints)."
                     if missing else "")
@@ -242,8 +224,17 @@ class Runner:
             raise BenchError("cannot start, nothing was run:" + sep + "\n".join(problems) + hint)
         return images, priors
 
-    def _load_prior(self, ds: DatasetSpec, device: str | torch.device) -> torch.nn.Module:
-        return load_prior(ds.prior, ds.image_size, device, speed=self.p.speed, unet=ds.unet)
+    def _load_priors(self, problems: list[str]) -> dict[str, torch.nn.Module]:
+        """Every dataset's prior, loaded on the CPU; what fails is appended to `problems`."""
+        priors = {}
+        for ds in self.p.datasets:
+            try:
+                priors[ds.name] = load_prior(ds.prior, ds.image_size, "cpu", speed=self.p.speed, unet=ds.unet)
+            except BenchError as err:
+                problems.append(str(err))
+            except (FileNotFoundError, ValueError, RuntimeError, OSError, ImportError) as err:
+                problems.append(f"prior {ds.prior!r} for dataset {ds.name!r}: {err}")
+        return priors
 
     def metric_object(self):
         try:
@@ -289,14 +280,14 @@ class Runner:
     def selection(self) -> Selection:
         """The (config hash, fingerprint) the current protocol and code give every table cell (what `bench
         table` shows by default); loads the priors, makes no solve."""
+        problems = [m for m in (missing_checkpoint(ds.prior) for ds in self.p.datasets) if m]
+        priors = {} if problems else self._load_priors(problems)
         try:
-            problems = [m for m in (missing_checkpoint(ds.prior) for ds in self.p.datasets) if m]
-            if problems:
-                raise BenchError(problems[0])
-            priors = {ds.name: self._load_prior(ds, "cpu") for ds in self.p.datasets}
             card = self.metric_object().card()
         except BenchError as err:
-            return Selection({}, " ".join(str(err).split())[:300])
+            problems.append(str(err))
+        if problems:
+            return Selection({}, " ".join(problems[0].split())[:300])
         out, files = {}, {}
         for ds in self.p.datasets:
             for task in self.p.tasks:

@@ -39,6 +39,11 @@ RECORD_FIELDS = ("dataset", "image_id", "task", "solver", "seed", "config_hash",
                  "batch_size", "device", "code_version", "fingerprint")
 
 
+#: which stored records a rerun recomputes: stale (made by other code; and missing ones, always), errors
+#: (also 'error' records), all (every record)
+RERUN_CHOICES = ("stale", "errors", "all")
+
+
 def writer_name(rank: int) -> str:
     """A file name no other process uses: rank, host, pid and launch time (ms)."""
     host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40] or "host"
@@ -122,10 +127,6 @@ class Store:
         _append(self.records_path, records)
 
     # ------------------------------------------------------------------ reading
-    def stored(self) -> dict[tuple, dict]:
-        """The current record of every key (see `load_records`), by key."""
-        return {record_key(r): r for r in load_records(self.dir)}
-
 
 _STATUS_RANK = {"ok": 3, "diverged": 2, "unsupported": 2, "error": 1}
 
