@@ -19,6 +19,7 @@ and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
@@ -322,6 +323,10 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+#: modules that add one subcommand each: `add_parser(sub)` registers it (name, help, args, func)
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m bench", description="RestoreBench harness",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -406,6 +411,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--no-measure", action="store_true", help="images and NFE only, no timing")
     pl.add_argument("--out", help="also write the (markdown) plan to this file")
     pl.set_defaults(func=cmd_plan)
+    for module in COMMAND_MODULES:  # each defines add_parser(sub) and sets func via set_defaults
+        importlib.import_module(module).add_parser(sub)
     return ap
 
 

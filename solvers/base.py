@@ -166,6 +166,35 @@ class Solver:
         so that they enter the config and tables can name them; {} = the prior is the only model used."""
         return {}
 
+    # ------------------------------------------------------------------ observers (diagnostics)
+    @property
+    def observed(self) -> bool:
+        """Whether an observer is attached: solvers compute extra quantities for `observe` only then."""
+        return bool(self.__dict__.get("_observers"))
+
+    def add_observer(self, observer: Callable[..., None]) -> None:
+        """Attach `observer(event, **quantities)`; it is called by `observe` during `solve`.
+        Observers see tensors the solver computed anyway (detached); they must not modify them."""
+        self.__dict__.setdefault("_observers", []).append(observer)
+
+    def remove_observer(self, observer: Callable[..., None]) -> None:
+        self.__dict__.get("_observers", []).remove(observer)
+
+    def observe(self, event: str, **quantities: Any) -> None:
+        """Report named quantities of the current step to the attached observers; free when none is attached.
+
+        Conventions (bench/diagnostics.py reads these): event "likelihood_step" with `step` (outer index),
+        `inner` (warm-up index, 0 when none), `sigma` or `k` (noise level), `x` (the point the gradient is
+        taken at), `grad` (the likelihood gradient, descent is -grad) and `prior_direction` (the
+        denoising direction at that point, e.g. D(x) - x or x0_hat - x, per image).
+        """
+        observers = self.__dict__.get("_observers")
+        if not observers:
+            return
+        detached = {k: v.detach() if isinstance(v, Tensor) else v for k, v in quantities.items()}
+        for observer in observers:
+            observer(event, **detached)
+
     def check_finite(self, x: Tensor, where: str | Callable[[], str]) -> None:
         """Raise SolverDiverged("non-finite iterate at <where>") if x has a NaN/inf.
 
