@@ -5,6 +5,7 @@
 # TORCH=system reuse the torch (e.g. your CUDA build) already installed for $(PY): the venv sees the
 #              system site-packages and pip is pinned to that exact torch/torchvision version.
 PY     ?= python3
+DEMO_SWEEP_OTHERS ?= pnp_admm,pnp_admm_dncnn,mcg,ddrm,dps,diffpir,reddiff,spgd,dcdp,ddnm,pigdm,daps
 VENV   ?= .venv
 TORCH  ?= cpu
 PYTEST_ARGS ?=
@@ -19,7 +20,7 @@ VENV_FLAGS  :=
 CONSTRAINTS := requirements/constraints-cpu.txt
 endif
 
-.PHONY: venv test demo demo-refresh table1 perf gpu-path checkpoints clean-venv
+.PHONY: venv test demo demo-refresh demo-sweep table1 diagnostics perf gpu-path checkpoints clean-venv
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/constraints-cpu.txt requirements/nodeps.txt
@@ -34,6 +35,7 @@ endif
 	@touch $(STAMP)
 
 test: venv
+	@bash tests/setup_browser.sh   # Debian chromium + chromium-driver for tests/test_report_browser.py (idempotent)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 # `make demo` writes to results/demo-local/ (git-ignored), so running it never modifies committed files;
@@ -42,17 +44,32 @@ DEMO_RESULTS ?= results/demo-local
 demo: venv
 	$(BIN)/python -m bench run --protocol demo --results $(DEMO_RESULTS)
 	$(BIN)/python -m bench table --protocol demo --results $(DEMO_RESULTS)
+	$(BIN)/python -m bench report --protocol demo --results $(DEMO_RESULTS)
 
 demo-refresh: venv
 	$(BIN)/python -m bench run --protocol demo --results results/demo
 	$(BIN)/python -m bench table --protocol demo --results results/demo
+	$(BIN)/python -m bench report --protocol demo --results results/demo
+
+# tune every demo solver on the validation split (equal budget: 8 trials x 2 images per solver and task; two
+# processes on two cores, DPPS alone in one), then the published-vs-tuned table (results/demo-sweep/)
+demo-sweep: venv
+	$(BIN)/python -m bench sweep --protocol demo --solvers dpps --trials 8 --images 2 & \
+	$(BIN)/python -m bench sweep --protocol demo --solvers $(DEMO_SWEEP_OTHERS) --trials 8 --images 2; \
+	s=$$?; wait $$! && test $$s -eq 0
+	$(BIN)/python -m bench sweep --protocol demo --published-vs-tuned
+
+diagnostics: venv  # SPGD paper Fig. 2 diagnostics: DPS / SPGD variants, exact Gaussian prior (results/diagnostics)
+	$(BIN)/python -m bench diagnose --preset spgd-fig2 --images 8
 
 table1: venv
 	$(BIN)/python -m bench run --protocol table1 $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATASETS),--datasets $(DATASETS)) $(if $(SOLVERS),--solvers $(SOLVERS))
 	$(BIN)/python -m bench table --protocol table1
 
+# NAMES: prior checkpoints (priors/registry.py) and/or `inception` (FID/KID weights, bench/fid.py); default: all
 checkpoints: venv
-	$(BIN)/python -m bench checkpoints $(if $(NAMES),$(NAMES))
+	$(if $(NAMES),$(if $(filter-out inception,$(NAMES)),$(BIN)/python -m bench checkpoints $(filter-out inception,$(NAMES))),$(BIN)/python -m bench checkpoints)
+	$(if $(NAMES),$(if $(filter inception,$(NAMES)),$(BIN)/python -m bench.fid --download),$(BIN)/python -m bench.fid --download)
 
 perf: venv
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[perf]'

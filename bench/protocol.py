@@ -10,6 +10,8 @@ A protocol lives in bench/protocols/<name>.yaml (or any path). Schema (unknown k
     sigma_y: 0.05                    # noise std in [-1,1] pixel units (a task may override)
     metrics: {lpips: vgg, ssim: rgb} # bench.metrics.Metrics(**metrics) conventions
     grid_images: 4                   # images per (dataset, task) kept for the qualitative grids
+    set_metrics: []                  # optional [fid, kid] over each cell's image set (bench/fid.py): the runner
+                                     # then saves every output PNG under outputs/ (Inception weights: make checkpoints)
     smoke: false                     # true: every solver runs with its class `smoke` overrides
     imports: []                      # python modules to import first (own solvers / priors)
     rng_device: run                  # run: random streams on the run's device (fast); cpu: drawn on the
@@ -23,6 +25,9 @@ A protocol lives in bench/protocols/<name>.yaml (or any path). Schema (unknown k
       cudnn_benchmark: false         # cudnn autotuning
       deterministic: false           # deterministic CUDA kernels (results independent of the batch size)
     reference: null                  # CSV of published numbers to compare with (tables)
+    tuning: published                # published: solvers/configs/<solver>.yaml values; tuned: + the layer
+                                     # solvers/configs/tuned/<name>.yaml written by `bench sweep` (enters the
+                                     # config hash; the table footer names the rows that used it)
     datasets:                        # in table order
       ffhq:
         label: FFHQ
@@ -37,7 +42,8 @@ A protocol lives in bench/protocols/<name>.yaml (or any path). Schema (unknown k
     tasks:                           # in table order; task names of operators/
       inpaint_random:
         label: "Inpaint (random 80 %)"
-        params: {p: 0.8}             # operator parameters (operators.get(task, **params))
+        params: {p: 0.8}             # operator parameters (operators.get(task, **params)); some must be
+                                     # stated (operators.base.must_state: phase_retrieval's variant)
         shared_params: false         # true: one mask/kernel for the whole run (SPGD/DAPS code)
         sigma_y: 0.05                # optional override
     solvers: {dps: {label: DPS, overrides: {}}, ...}   # or the string "all" (every registered solver)
@@ -65,13 +71,15 @@ PROTOCOL_DIR = Path(__file__).resolve().parent / "protocols"
 ORACLES = ("oracle_mean", "oracle_sample")
 
 _TOP = {"name", "description", "seed", "batch_size", "sigma_y", "metrics", "grid_images", "smoke",
-        "imports", "reference", "datasets", "tasks", "solvers", "rng_device", "speed"}
+        "imports", "reference", "datasets", "tasks", "solvers", "rng_device", "speed", "set_metrics",
+        "tuning"}
 _REQUIRED_TOP = {"name", "seed", "batch_size", "sigma_y", "metrics", "datasets", "tasks", "solvers"}
 _DATASET = {"label", "prior", "image_size", "manifest", "root", "count", "batch_size", "unet"}
 _REQUIRED_DATASET = {"prior", "image_size", "manifest"}
 _TASK = {"label", "params", "shared_params", "sigma_y"}
 _SOLVER = {"label", "overrides", "solver"}
 RNG_DEVICES = ("run", "cpu")
+TUNINGS = ("published", "tuned")  # hyper-parameters: the solvers' YAML values, or + the tuned layer
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: speed switches and their defaults (off = the reference fp32 numbers)
 SPEED_DEFAULTS: dict[str, Any] = {"precision": "fp32", "channels_last": False, "compile": False,
@@ -136,6 +144,8 @@ class Protocol:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     rng_device: str = "run"
     speed: dict[str, Any] = field(default_factory=lambda: dict(SPEED_DEFAULTS))
+    set_metrics: list[str] = field(default_factory=list)  # "fid", "kid": over each cell's image set
+    tuning: str = "published"    # published | tuned (solvers/configs/tuned/<name>.yaml, bench/tuning.py)
 
     def dataset(self, name: str) -> DatasetSpec:
         return next(d for d in self.datasets if d.name == name)
@@ -244,6 +254,7 @@ def parse(raw: Any, source: str = "<protocol>") -> Protocol:
         shared = t.get("shared_params", False)
         if not isinstance(shared, bool):
             raise BenchError(f"{where}: tasks.{name}.shared_params must be true or false")
+        _check_stated(f"{where}: tasks.{name}.params", str(name), params)
         tasks.append(TaskSpec(name=str(name), label=str(t.get("label", name)), params=dict(params),
                               shared_params=shared,
                               sigma_y=_number(f"{where}: tasks.{name}.sigma_y", t.get("sigma_y", sigma_y), float, 0.0)))
@@ -279,7 +290,30 @@ def parse(raw: Any, source: str = "<protocol>") -> Protocol:
         smoke=smoke, imports=imports, reference=top.get("reference"),
         datasets=datasets, tasks=tasks, solvers=solvers, source=source, raw=raw,
         rng_device=_choice(f"{where}: rng_device", top.get("rng_device", "run"), RNG_DEVICES),
-        speed=parse_speed(f"{where}: speed", top.get("speed")))
+        speed=parse_speed(f"{where}: speed", top.get("speed")),
+        set_metrics=_set_metrics(where, top.get("set_metrics")),
+        tuning=_choice(f"{where}: tuning", top.get("tuning", "published"), TUNINGS))
+
+
+SET_METRICS = ("fid", "kid")
+
+
+def _set_metrics(where: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or any(v not in SET_METRICS for v in value):
+        raise BenchError(f"{where}: set_metrics must be a list of {', '.join(SET_METRICS)} (e.g. [fid, kid]); "
+                         f"got {value!r}")
+    return [m for m in SET_METRICS if m in value]
+
+
+def _check_stated(where: str, task: str, params: dict[str, Any]) -> None:
+    """Operator parameters whose default is one solver family's convention must be written in the protocol
+    (operators.base.must_state; e.g. phase retrieval's `variant`: dps for DPS/DPPS/DCDP, spgd for SPGD/DAPS)."""
+    from operators.base import must_state
+    for key, choices in must_state(task).items():
+        if key not in params:
+            raise BenchError(f"{where} must state {key}: {choices}; e.g. params: {{{key}: ...}}")
 
 
 def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> str:

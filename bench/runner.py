@@ -33,7 +33,7 @@ from PIL import Image
 
 import operators
 import solvers
-from bench import data, seeding
+from bench import data, seeding, tuning
 from bench.errors import BenchError
 from bench.fingerprint import Fingerprint, fingerprint
 from bench.memory import PeakMemory, is_out_of_memory, release_memory
@@ -99,14 +99,21 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def build_solver(spec: SolverSpec, prior: torch.nn.Module, task: str, dataset: str, smoke: bool) -> Any:
+def build_solver(spec: SolverSpec, prior: torch.nn.Module, task: str, dataset: str, smoke: bool,
+                 tuned: dict[str, dict] | None = None) -> Any:
+    """The solver of a cell. `tuned`: {key: {value, source}} of the tuned layer (bench/tuning.py), applied
+    below the smoke and the entry's own overrides; each applied value keeps its "sweep: ..." source."""
     if spec.is_oracle:
         return Oracle(spec.solver_name, prior)
     try:
         overrides = dict(spec.overrides)
         if smoke:
             overrides = {**solvers.base.solver_class(spec.solver_name).smoke, **overrides}
-        return solvers.get(spec.solver_name, prior, task=task, dataset=dataset, **overrides)
+        tuned = {k: v for k, v in (tuned or {}).items() if k not in overrides}
+        obj = solvers.get(spec.solver_name, prior, task=task, dataset=dataset,
+                          **{k: v["value"] for k, v in tuned.items()}, **overrides)
+        obj.sources.update({k: v["source"] for k, v in tuned.items()})
+        return obj
     except SolverError as err:
         raise BenchError(f"solver {spec.name!r}: {err}") from None
 
@@ -215,6 +222,12 @@ class Runner:
         missing = {msg for msg in (missing_checkpoint(ds.prior) for ds in self.p.datasets) if msg}
         if missing:
             problems.extend(sorted(missing))
+        if self.p.set_metrics:  # FID/KID are computed later from the stored outputs: their weights first
+            from bench import fid
+            try:
+                fid.verify_weights(fid.weights_path())
+            except fid.SetMetricError as err:
+                problems.append(str(err))
         if not problems:
             priors = self._load_priors(problems)
         if problems:
@@ -256,7 +269,9 @@ class Runner:
             raise BenchError(f"protocol {self.p.name}: task {task.name!r}: {err}") from None
         out = []
         for s in self.p.solvers:
-            obj = build_solver(s, prior, task.name, ds.name, self.p.smoke)
+            tuned = {} if self.p.tuning != "tuned" or s.is_oracle else \
+                tuning.tuned_values(self.p.name, s.name, ds.name, task.name)
+            obj = build_solver(s, prior, task.name, ds.name, self.p.smoke, tuned)
             external = obj.external_models() if hasattr(obj, "external_models") else {}
             config = {
                 "seed": self.p.seed, "smoke": self.p.smoke,
@@ -272,6 +287,10 @@ class Runner:
                 "speed": dict(self.p.speed),
                 "rng_device": self.p.rng_device,
             }
+            if self.p.tuning != "published":  # published configurations keep their hash
+                config["tuning"] = self.p.tuning
+                config["solver"]["tuned"] = {k: v["source"] for k, v in sorted(tuned.items())
+                                             if obj.sources.get(k) == v["source"]}
             h = config_hash(config)
             fp = fingerprint(obj, prior, A_ref)
             out.append(Cell(ds, task, s, obj, h, bool(obj.supports(A_ref)), fp, _canon(config)))
@@ -447,6 +466,10 @@ class Runner:
             y = A.measure(x, [seeding.noise_generator(self.p.seed, task.name, r.key, device=self.rng_device)
                               for r in refs])
         grid_idx = [j for j, (i, _) in enumerate(batch) if i < self.p.grid_images]
+        if self.p.set_metrics:  # FID/KID need every ground truth (bench/fid.py)
+            from bench.fid import gt_dir, save_png
+            for r, xi in zip(refs, x):
+                save_png(gt_dir(self.dir, ds.name) / f"{r.id}.png", data.to_uint8(xi))
         if grid_idx:
             self._save_images(ds, task, "_gt", [refs[j] for j in grid_idx], x[grid_idx])
             self._save_images(ds, task, "_y", [refs[j] for j in grid_idx], _measurement_view(A, y, x)[grid_idx])
@@ -464,6 +487,10 @@ class Runner:
             for k, (j, (status, message, x_hat, stats)) in enumerate(zip(idx, results)):
                 if status == "ok" and batch[j][0] < self.p.grid_images:
                     self._save_images(ds, task, c.solver.name, [refs[j]], x_hat)
+                if status == "ok" and self.p.set_metrics:  # every output, by config hash (bench/fid.py)
+                    from bench.fid import output_dir, save_png
+                    save_png(output_dir(self.dir, ds.name, task.name, c.solver.name, c.config_hash)
+                             / f"{refs[j].id}.png", data.to_uint8(x_hat[0]))
                 recs.append(self._record(c, refs[j], status, message, scores.get(k), stats))
                 counts[status] += 1
             self._write(c, recs)

@@ -228,7 +228,8 @@ def _tex(s: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- cost
-def cost_tables(cells: dict, layout: Layout, title: str) -> tuple[str, str]:
+def cost_tables(cells: dict, layout: Layout, title: str,
+                training: dict[tuple[str, str, str], str] | None = None) -> tuple[str, str]:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["dataset", "task", "method", "nfe_forward", "nfe_backward", "seconds_per_image", "peak_mem_mb", "n_ok", "n_total"])
@@ -251,6 +252,7 @@ def cost_tables(cells: dict, layout: Layout, title: str) -> tuple[str, str]:
             if any_cell:
                 md.append("| " + " | ".join(row) + " |")
         md.append("")
+        md += _training_cost_lines(training or {}, ds, layout)
         for t, _ in layout.tasks:
             for method, _ in layout.methods:
                 c = cells.get((ds, t, method))
@@ -258,6 +260,28 @@ def cost_tables(cells: dict, layout: Layout, title: str) -> tuple[str, str]:
                     w.writerow([ds, t, method, _f(c.mean["nfe_forward"], 1), _f(c.mean["nfe_backward"], 1),
                                 _f(c.mean["seconds"], 4), _f(c.mean["peak_mem_mb"], 1), c.n_ok, c.n_total])
     return "\n".join(md), buf.getvalue()
+
+
+def _training_cost_lines(training: dict[tuple[str, str, str], str], ds: str, layout: Layout) -> list[str]:
+    """Trained restorers (HYPIR): their training cost per task, from the adapter metadata, under the NFE table."""
+    rows = [(label, t_label, training[(ds, t, m)]) for m, label in layout.methods for t, t_label in layout.tasks
+            if (ds, t, m) in training]
+    if not rows:
+        return []
+    out = ["Trained per task (not zero-shot): the cost above is inference only; training cost from the adapter "
+           "metadata:", ""]
+    out += [f"- {label}, {task}: {text}" for label, task, text in rows]
+    return out + [""]
+
+
+def training_costs(records: list[dict], configs: dict[str, dict]) -> dict[tuple[str, str, str], str]:
+    """(dataset, task, row) -> the `training` entry of its solver's external models (trained restorers only)."""
+    out = {}
+    for r in records:
+        ext = (configs.get(r["config_hash"], {}).get("solver") or {}).get("external_models") or {}
+        if ext.get("training"):
+            out[(r["dataset"], r["task"], r["solver"])] = str(ext["training"])
+    return out
 
 
 def _nfe(x: float) -> str:
@@ -333,6 +357,7 @@ def footer(records: list[dict], configs: dict[str, dict], notes: list[str] | Non
         lines.append("- random streams: " + "; ".join(words.get(v, v) for v in rng))
     seeds = sorted({str(r["seed"]) for r in records})
     lines.append(f"- seed: {', '.join(seeds)}; per-image operator, noise and solver streams (bench/seeding.py)")
+    lines.append(tuning_line(records, configs, labels))
     versions = sorted({r.get("code_version", "?") for r in records})
     lines.append(f"- code version: {', '.join(versions)}")
     fps = sorted({r.get("fingerprint") or "?" for r in records})
@@ -340,6 +365,12 @@ def footer(records: list[dict], configs: dict[str, dict], notes: list[str] | Non
     for row, (mark, models) in sorted((marks or {}).items(), key=lambda kv: kv[1][0]):
         what = "; ".join(f"{k}: {v}" for k, v in sorted(models.items()))
         lines.append(f"- {mark} {(labels or {}).get(row, row)} uses a model besides the protocol's prior: {what}")
+    trained = sorted({r["solver"] for r in records if ((configs.get(r["config_hash"], {}).get("solver") or {})
+                                                       .get("external_models") or {}).get("training")})
+    for row in trained:
+        lines.append(f"- {(labels or {}).get(row, row)} is a trained restorer (HYPIR): one adapter trained per task on "
+                     "pairs of that task, 1 NFE at test time; discriminator backbone and training cost per task in "
+                     "table1_cost.md")
     failed = sorted({(r["solver"], r["task"], r["status"], r["message"]) for r in records
                      if r["status"] in ("diverged", "error")})
     if failed:
@@ -350,6 +381,21 @@ def footer(records: list[dict], configs: dict[str, dict], notes: list[str] | Non
         lines += ["", "### Other configurations in the store", ""]
         lines += [f"- {n}" for n in notes]
     return "\n".join(lines)
+
+
+def tuning_line(records: list[dict], configs: dict[str, dict], labels: dict[str, str] | None = None) -> str:
+    """Which rows used tuned hyper-parameters (solvers/configs/tuned/<protocol>.yaml, `tuning: tuned`)."""
+    tuned: dict[str, set[str]] = {}
+    for r in records:
+        keys = ((configs.get(r["config_hash"]) or {}).get("solver") or {}).get("tuned") or {}
+        if keys:
+            tuned.setdefault(r["solver"], set()).update(keys)
+    if not tuned:
+        return ("- hyper-parameters: published values (solvers/configs/<solver>.yaml, each with its source) in "
+                "every row")
+    rows = "; ".join(f"{(labels or {}).get(row, row)} ({', '.join(sorted(keys))})" for row, keys in sorted(tuned.items()))
+    return (f"- hyper-parameters: tuned on the validation split (solvers/configs/tuned/, `bench sweep`) in: {rows}; "
+            f"published values (solvers/configs/<solver>.yaml) elsewhere")
 
 
 def _kv(d: dict) -> str:
@@ -396,7 +442,7 @@ def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: st
     files = {f"{stem}.csv": tidy_csv(cells, layout),
              f"{stem}.md": markdown(cells, layout, title, foot),
              f"{stem}.tex": latex(cells, layout, title)}
-    cost_md, cost_csv = cost_tables(cells, layout, title)
+    cost_md, cost_csv = cost_tables(cells, layout, title, training_costs(shown, configs))
     files[f"{stem}_cost.md"], files[f"{stem}_cost.csv"] = cost_md + "\n", cost_csv
     if reference is not None and reference.exists():
         files[f"{stem}_vs_reference.md"] = reference_markdown(cells, layout, read_reference(reference), title,
@@ -404,6 +450,9 @@ def write(records: list[dict], configs: dict[str, dict], out_dir: Path, name: st
     written = []
     for fname, text in files.items():
         written.append(atomic_write_text(out_dir / fname, text))
+    from bench import figures  # quality-vs-cost figures of every configuration in the store
+    titles = {(d, t): f"{dl} / {tl}: quality vs cost" for d, dl in base.datasets for t, tl in base.tasks}
+    written += figures.write(records, configs, out_dir / "figures", titles)
     return written
 
 

@@ -305,5 +305,12 @@ def parameters(task: str) -> list[str]:
     return [name for name, p in sig.parameters.items() if name != "self" and p.kind in kinds]
 
 
+def must_state(task: str) -> dict[str, str]:
+    """Parameters a benchmark protocol must set explicitly for `task` (name -> the choices, in words), from the
+    operator class's `protocol_must_state`: their default is one solver family's convention, so a number made
+    with it would not say which one it used (bench/protocol.py). {} for tasks without such parameters."""
+    return dict(getattr(_REGISTRY.get(task), "protocol_must_state", {}) or {})
+
+
 def names() -> list[str]:
     return sorted(_REGISTRY)

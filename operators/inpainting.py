@@ -6,7 +6,9 @@ Spec solvers-baselines.md §2.1 and solvers-seed.md §2.8 (DPS `mask_generator`,
   -> 52428 of 65536 pixels removed.
 * `inpaint_box`: hole side lengths h, w ~ randint(lo, hi) (DPS `mask_len_range`, default a fixed
   128x128 hole), then top ~ randint(margin, H - margin - h), left ~ randint(margin, W - margin - w).
-  Position rules: "dps" (margin 16; DPS/DPPS), "spgd" / "daps" (margin 32), "center" (fixed, no draw).
+  Position rules: "dps" (margin 16; DPS/DPPS), "spgd" / "daps" (margin 32), "center" (fixed, no draw),
+  or an explicit `offset` (top, left) of the hole (fixed, no draw): DCDP's hard-coded 100x100 box at
+  rows/cols 100-199 of a 256x256 image is `hole_size=100, offset=(100, 100)` (spec seed §5.2).
 The measurement keeps the image shape (zeros in the hole; noise is added everywhere, as in DPS).
 
 SVD (DDRM `Inpainting`, spec §4.4): U = V = a permutation of the pixel-major / channel-minor vector,
@@ -39,11 +41,14 @@ def random_pixel_mask(rs: np.random.RandomState, height: int, width: int,
 
 
 def box_mask(rs: np.random.RandomState, height: int, width: int, len_range: tuple[int, int],
-             margin: int | None) -> np.ndarray:
-    """DPS `random_sq_bbox` mask (H, W), 1 = kept: sizes ~ randint(len_range), then top, left (margin)."""
+             margin: int | None, offset: tuple[int, int] | None = None) -> np.ndarray:
+    """DPS `random_sq_bbox` mask (H, W), 1 = kept: sizes ~ randint(len_range), then top, left (margin);
+    `offset` = (top, left) places the hole there instead (no position draw)."""
     hole_h = int(rs.randint(len_range[0], len_range[1]))
     hole_w = int(rs.randint(len_range[0], len_range[1]))
-    if margin is None:
+    if offset is not None:
+        top, left = offset
+    elif margin is None:
         top, left = (height - hole_h) // 2, (width - hole_w) // 2
     else:
         top = int(rs.randint(margin, height - margin - hole_h))
@@ -161,17 +166,24 @@ class InpaintRandom(MaskOperator):
 class InpaintBox(MaskOperator):
     """`inpaint_box`: a hole of hole_size (default 128x128) placed by rule `position`.
 
-    position: "dps" (margin 16), "spgd"/"daps" (margin 32) or "center"; `margin` overrides the rule's
-    margin (e.g. for small test images). mask_len_range=(lo, hi): DPS's random side lengths (hi exclusive).
+    position: "dps" (margin 16, the default), "spgd"/"daps" (margin 32) or "center"; `margin` overrides the
+    rule's margin (e.g. for small test images). offset=(top, left): the hole's top-left pixel, fixed (give
+    it instead of `position`; DCDP: hole_size 100, offset (100, 100)). mask_len_range=(lo, hi): DPS's random
+    side lengths (hi exclusive).
     """
 
     name = "inpaint_box"
 
     def __init__(self, image_shape: Sequence[int] = (3, 256, 256), sigma_y: float = 0.0,
                  seeds: Sequence[int] | None = None, shared_params: bool = False,
-                 position: str = "dps", hole_size: int = 128,
-                 mask_len_range: Sequence[int] | None = None, margin: int | None = None) -> None:
+                 position: str | None = None, hole_size: int = 128,
+                 mask_len_range: Sequence[int] | None = None, margin: int | None = None,
+                 offset: Sequence[int] | None = None) -> None:
         super().__init__(image_shape, sigma_y, seeds, shared_params)
+        if offset is not None and (position is not None or margin is not None):
+            raise OperatorError(f"{self.name}: give either offset=(top, left) (a fixed hole) or position/margin "
+                                f"(a drawn one), not both")
+        position = "dps" if position is None else position
         if position not in BOX_POSITIONS:
             raise OperatorError(f"{self.name}: unknown position rule {position!r}; valid: {', '.join(BOX_POSITIONS)}")
         self.position = position
@@ -181,14 +193,28 @@ class InpaintBox(MaskOperator):
             raise OperatorError(f"{self.name}: mask_len_range must be (lo, hi) with 1 <= lo < hi (hi exclusive)")
         self.len_range = (lo, hi)
         _, h, w = self.image_shape
+        self.offset = None if offset is None else self._check_offset(offset, hi - 1, h, w)
+        if self.offset is not None:
+            self.position, self.margin = "offset", None
         need = hi - 1 + 2 * (self.margin or 0) + (1 if self.margin else 0)
-        if min(h, w) < need:
+        if self.offset is None and min(h, w) < need:
             raise OperatorError(
                 f"{self.name}: a hole of up to {hi - 1}x{hi - 1} with margin {self.margin or 0} (position={position!r}) "
                 f"does not fit a {h}x{w} image; use a smaller hole_size or position='center'")
-        self._set_masks([box_mask(np.random.RandomState(s), h, w, self.len_range, self.margin)
+        self._set_masks([box_mask(np.random.RandomState(s), h, w, self.len_range, self.margin, self.offset)
                          for s in self.param_seeds])
 
+    def _check_offset(self, offset: Sequence[int], largest: int, h: int, w: int) -> tuple[int, int]:
+        values = list(offset)
+        if len(values) != 2 or any(int(v) != v for v in values):
+            raise OperatorError(f"{self.name}: offset must be two integers (top, left), got {offset!r}")
+        top, left = (int(v) for v in values)
+        if top < 0 or left < 0 or top + largest > h or left + largest > w:
+            raise OperatorError(f"{self.name}: a hole of up to {largest}x{largest} at offset ({top}, {left}) does not "
+                                f"fit a {h}x{w} image; use offsets in [0, {h - largest}] x [0, {w - largest}]")
+        return top, left
+
     def describe(self) -> dict[str, Any]:
+        extra = {} if self.offset is None else {"offset": list(self.offset)}  # absent: drawn (hashes unchanged)
         return {**super().describe(), "position": self.position, "margin": self.margin,
-                "mask_len_range": list(self.len_range)}
+                "mask_len_range": list(self.len_range), **extra}

@@ -3,11 +3,12 @@
 Zero-pad by floor(oversample / 8 * H) rows (and likewise columns) on every side (64 at 256 -> 384x384),
 then the magnitude of the centred orthonormal 2-D FFT (ifftshift -> fft2(norm="ortho") -> fftshift).
 Variants: "dps" (DPS, DPPS, DCDP) applies it to the [-1, 1] image directly; "spgd" / "daps" map the
-image to [0, 1] (x/2 + 1/2) first. Nonlinear (no adjoint).
+image to [0, 1] (x/2 + 1/2) first. Nonlinear (no adjoint). A benchmark protocol must state `variant` (the default
+is the DPS family's form; SPGD / DAPS settings need "spgd"): `protocol_must_state`.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,10 @@ class PhaseRetrieval(Operator):
     """`phase_retrieval`: (B, C, H, W) -> (B, C, H + 2 pad_h, W + 2 pad_w) Fourier magnitudes."""
 
     name = "phase_retrieval"
+    #: a protocol must say which convention it measures with (operators.base.must_state, bench/protocol.py)
+    protocol_must_state: ClassVar[dict[str, str]] = {
+        "variant": "dps (DPS, DPPS, DCDP: |F(pad(x))| of the [-1, 1] image; the operator's default) or spgd / daps "
+                   "(SPGD, DAPS: of (x + 1) / 2, the form their step sizes are tuned for)"}
 
     def __init__(self, image_shape: Sequence[int] = (3, 256, 256), sigma_y: float = 0.0,
                  seeds: Sequence[int] | None = None, shared_params: bool = False,

@@ -54,6 +54,9 @@ class DiffusionPrior(torch.nn.Module):
 
     #: registry name (e.g. "ffhq256", "gaussian")
     name: str = "prior"
+    #: the range of the data: clipped x0 estimates (`x0_from_eps(clip=True)`) and solver outputs
+    #: (`Solver.solve`) are clamped to it; None for unbounded data (the vector mixture of priors/gmm_vector.py)
+    data_range: tuple[float, float] | None = (-1.0, 1.0)
 
     def __init__(self, image_shape: tuple[int, int, int], schedule: VPSchedule | None = None) -> None:
         super().__init__()
@@ -132,7 +135,7 @@ class DiffusionPrior(torch.nn.Module):
         """Tweedie: x0 = (x_k - sqrt(1 - abar_k) eps) / sqrt(abar_k), optionally clipped to [-1, 1]."""
         ab = self.schedule.abar(self._per_image(k, x_k)).to(x_k.dtype)
         x0 = (x_k - _bcast(torch.sqrt(1 - ab), x_k) * eps) / _bcast(torch.sqrt(ab), x_k)
-        return x0.clamp(-1, 1) if clip else x0
+        return x0.clamp(*self.data_range) if clip and self.data_range is not None else x0
 
     def x0(self, x_k: Tensor, k: Tensor | float | int, clip: bool = False) -> Tensor:
         return self.x0_from_eps(x_k, k, self.eps(x_k, k), clip=clip)

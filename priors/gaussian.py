@@ -181,6 +181,15 @@ class GaussianPrior(ExactPrior):
         x_prior = self._mu(w) + self.cov_apply(w, 0.5)
         return self._posterior_solve(y + s * n, A, x_prior, s, tol, max_iter)
 
+    def posterior_covariance_apply(self, v: Tensor, A: Any, *, sigma_y: float | None = None,
+                                   tol: float | None = None, max_iter: int = 2000) -> Tensor:
+        """Sigma_post v for images v (B, C, H, W), Sigma_post = (Sigma^{-1} + A^T A / sigma_y^2)^{-1}: the
+        posterior solve with y = 0 and centre Sigma v (its solution is Sigma_post Sigma^{-1} (Sigma v)).
+        Unit vectors v = e_i give the exact per-pixel posterior variances (bench/posterior.py)."""
+        with torch.no_grad():
+            zeros = torch.zeros_like(A.forward(v))
+        return self._posterior_solve(zeros, A, self.cov_apply(v), _noise_level(A, sigma_y), tol, max_iter)
+
     def _posterior_solve(self, y: Tensor, A: Any, centre: Tensor, s: float,
                          tol: float | None, max_iter: int) -> Tensor:
         """argmin_x ||y - A x||^2 / s^2 + (x - centre)^T Sigma^{-1} (x - centre)."""

@@ -154,7 +154,10 @@ class Solver:
             self._divergence.raise_if_diverged()
         finally:
             self._divergence = None
-        return x.detach().clamp(-1, 1).where(torch.isfinite(x), x.detach())
+        data_range = getattr(self.prior, "data_range", (-1.0, 1.0))  # None: unbounded data (vector priors)
+        if data_range is None:
+            return x.detach()
+        return x.detach().clamp(*data_range).where(torch.isfinite(x), x.detach())
 
     def describe(self) -> dict[str, Any]:
         return {"solver": self.name, "task": self.task, "dataset": self.dataset,

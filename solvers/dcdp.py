@@ -15,8 +15,20 @@ x = 0; for i = 1 .. K:
        round(linspace(0, k, S_i)) of the 1000-step schedule, x0_hat clipped to [-1, 1] at every
        step and eps_hat recomputed from the clipped x0_hat; the last step returns x0_hat.
        (t_i = 1: noise at index 0, DDIM over indices {0, 1}, S = 2, as in the code.)
-     * version 2: one Tweedie step, x = clip(x0_hat(x_k, k), -1, 1).
+     * version 2: one Tweedie step, x = clip(x0_hat(x_k, k'), -1, 1) at k' = max(k, 1): t_i = 1 adds the
+       noise at index 0 and denoises at index 1, as the code (its `ddim_timestep == 1 -> 2` rule runs
+       before the version branch; `purification_start`).
 Output: x after the last purification. (The code purifies under CUDA fp16 autocast; we stay in float32.)
+
+Last round t_i = 1 (both versions follow the code; decided from the paper text): the paper's Tweedie
+version (§4.1) denoises "a sample diffused up to switching time t_i" at that same time, which is the code's
+rule for every t_i > 1. For the end of the schedule the paper only says it decays linearly to 0 for clean y
+(spec seed §5.1; its numbers were lost in extraction): purification strength 0, i.e. nothing added and
+nothing denoised, which neither the code nor a one-NFE round is. The 1-based t_i, the noise at index
+t_i - 1, the zeros replaced by 1 and the `1 -> 2` rule are the code's alone, so the code is the only
+concrete definition of the last round and we follow it in both versions (version 2 denoised at index 0
+before issue 13; its last Tweedie step now assumes noise std sqrt(1 - abar_1) = 0.0148 on a sample that
+carries sqrt(1 - abar_0) = 0.0100, as the code).
 
 Learning rate, image size (one place: `DCDP.dc_learning_rate`). The configured `lr` is the code's
 value for its MSE-mean loss on `lr_image_size` = 256 square images. Since L = ||y - A x||^2 / m with m
@@ -87,6 +99,12 @@ def gram_norm(A: Operator, like: Tensor, iters: int = 20) -> Tensor:
     return lam
 
 
+def purification_start(t: int) -> int:
+    """The index purification denoises from after adding noise at index t - 1: t - 1, except 1 for t = 1
+    (the code's `ddim_timestep == 1 -> 2`, before its version branch: both versions)."""
+    return max(t - 1, 1)
+
+
 def ddim_indices(t: int, ddim_steps: int) -> list[int]:
     """Descending DDIM indices from t - 1 to 0 (code: S = min(ddim_steps, t); t = 1 uses {1, 0})."""
     steps = max(min(ddim_steps, t), 2)
@@ -135,20 +153,34 @@ class DCDP(Solver):
         return {"nfe_forward": nfe, "nfe_backward": 0}
 
     # ------------------------------------------------------------------ steps
-    def _data_consistency(self, x: Tensor, y: Tensor, A: Operator, lr: Tensor) -> Tensor:
+    def _data_consistency(self, x: Tensor, y: Tensor, A: Operator, lr: Tensor, round_index: int = 0,
+                          t: int = 0) -> Tensor:
         """tau SGD steps (momentum 0.9, buffer reset) on the per-image mean squared residual."""
         beta = float(self.momentum)
         buf = None
-        for _ in range(int(self.dc_steps)):
+        for j in range(int(self.dc_steps)):
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
                 loss = (y - A(xg)).pow(2).flatten(1).mean(1).sum()
                 (g,) = torch.autograd.grad(loss, xg)
             buf = g if buf is None else beta * buf + g
+            if self.observed:  # no prior direction inside the data-consistency loop (no network there)
+                self.observe("likelihood_step", step=round_index, inner=j, k=t - 1, x=x, grad=g, managed=buf)
             x = x.detach() - lr * buf
         self.check_finite(x, lambda: f"dcdp data consistency (effective lr {lr.flatten().tolist()} from lr "
                                      f"{self.lr}); decrease lr")
         return x
+
+    def _observe_purification(self, round_index: int, t: int, x_dc: Tensor, x_pure: Tensor, y: Tensor,
+                              A: Operator) -> None:
+        """Diagnostics only (an observer is attached): at the data-consistent x_dc, the data-loss gradient (one
+        more operator VJP, no network) and the purification's update P(x_dc) - x_dc as the prior direction;
+        reported as warm-up index `dc_steps` after the loop's own gradients."""
+        with torch.enable_grad():
+            xg = x_dc.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad((y - A(xg)).pow(2).flatten(1).mean(1).sum(), xg)
+        self.observe("likelihood_step", step=round_index, inner=int(self.dc_steps), k=t - 1, x=x_dc, grad=g,
+                     prior_direction=x_pure - x_dc)
 
     def _abar(self, k: int) -> float:
         return float(self.prior.schedule.abar(k))
@@ -173,7 +205,7 @@ class DCDP(Solver):
         ab = self._abar(k)
         x_k = math.sqrt(ab) * x + math.sqrt(1 - ab) * rng.randn_like(x)
         if int(self.version) == 2:
-            return self._tweedie(x_k, k)
+            return self._tweedie(x_k, purification_start(t))
         return self._ddim(x_k, ddim_indices(t, int(self.ddim_steps)))
 
     # ------------------------------------------------------------------ algorithm
@@ -183,9 +215,12 @@ class DCDP(Solver):
         self._last_sigma_y = float(A.sigma_y)
         lr = self.dc_learning_rate(y, A)
         x = y.new_zeros((y.shape[0], *self.prior.image_shape))
-        for t in self.schedule(A.sigma_y):
-            x = self._data_consistency(x, y, A, lr)
+        for r, t in enumerate(self.schedule(A.sigma_y)):
+            x = self._data_consistency(x, y, A, lr, r, t)
+            x_dc = x
             with torch.no_grad():
                 x = self._purify(x, t, rng)
+            if self.observed:
+                self._observe_purification(r, t, x_dc, x, y, A)
             self.check_finite(x, f"dcdp purification at t={t}")
         return x

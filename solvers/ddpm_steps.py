@@ -125,6 +125,14 @@ def predict(prior: DiffusionPrior, x: Tensor, step: DDPMStep, clip: bool = True)
     return Prediction(eps=eps, v=v, x0=x0, mean=step.c_x0 * x0 + step.c_xk * x)
 
 
+def denoising_direction(x: Tensor, pred: Prediction, step: DDPMStep) -> Tensor:
+    """The denoiser's update at x_k for diagnostics (observers): x0_hat - x_k / sqrt(abar_k), i.e. D(x) - x in the
+    VE variable x_k / sqrt(abar_k) (x0_hat as the step uses it, clipped). It is the direction of the SPGD paper's
+    denoising gradient (its Eq. 9 / App. A: the step minus the fixed rescaling x_k / sqrt(alpha_k) equals
+    c_x0 (x0_hat - x_k / sqrt(abar_k))). Detached."""
+    return (pred.x0.detach() - x.detach() / math.sqrt(step.abar))
+
+
 def log_variance(step: DDPMStep, v: Tensor | None, like: Tensor) -> Tensor:
     """Learned-range log variance of the step (fixed small when v is None), shaped like `like`."""
     if v is None:

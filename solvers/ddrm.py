@@ -15,8 +15,9 @@ abar_{-1} = 1). T = 20: 950 -> 900 -> ... -> 0 -> -1, one network call per step.
 Initialisation at k_0 (§4.3), per spectral index i, z ~ N(0, 1):
     s_i sigma > sigma_y:  x_bar_i = y_bar_i / s_i + sqrt(sigma^2 - sigma_y^2 / s_i^2) z_i
     otherwise:            x_bar_i = sigma z_i
-    x_{k_0} = sqrt(abar_{k_0}) V x_bar        (official code divides by sigma instead: the same up to
-                                               sqrt(1 - abar_{k_0}) = 0.99998 at k_0 = 950)
+    x_{k_0} = sqrt(abar_{k_0}) V x_bar        (official code divides by sigma instead, a start larger by
+                                               1 / sqrt(1 - abar_{k_0}): sqrt(1 - abar_{k_0}) = 0.99995
+                                               at k_0 = 950 (T = 20), 0.9983 at k_0 = 750 (T = 4))
 
 Step k -> k' (sigma = sigma_k, sigma' = sigma_{k'}):
     eps = eps_theta(x_k, k);  x0 = (x_k - sqrt(1 - abar_k) eps) / sqrt(abar_k)   (NOT clipped)
@@ -33,6 +34,18 @@ Noise convention (spec §0.1): DDRM's sigma_y is the std on [-1, 1] images, whic
 sigma_y = A.sigma_y directly. The official CLI value `--sigma_0` is on [0, 1] and doubled in the code
 (`sigma_0 = 2 * args.sigma_0`): our A.sigma_y = 0.05 is `--sigma_0 0.025` there.
 
+Variants (`variant`, YAML): "paper" (default) is the above, paper eqs. 7-8. "released" reproduces the
+official code for singular values that the operator's threshold zeroed (DDRM's `singulars()` returns them
+as 0 inside its m entries, and `singulars * sigma_next < sigma_0` is then true): they get the *less noisy*
+update x0_bar_i + sigma' sqrt(1 - eta^2) y_bar_i / sigma_y + eta sigma' z_i instead of the missing one (spec
+§4.3 correction). Which components: `zeroed_components` (the separable blur / SR SVDs' zeros below m; none
+for masks and the identity, whose zeros are missing pixels in the code too). Gaussian deblur is the only
+Table 1 task with such zeros (181,056 of 196,608 components at 256x256, 11,316 of 12,288 at 64x64, 2,829 of
+3,072 at 32x32); on masks and SR (no zeroed value below m) the two variants give the same output. sigma_y = 0:
+no component is less noisy in either variant. The start-scale difference above is not part of the variant.
+Not reproduced (a plain bug, spec §4.3): the released `Deblurring` pairs singular values with the wrong
+(channel-major) components, so its H(x) is not the blur.
+
 Tasks: any linear operator with an SVD (`A.has_svd`); motion blur has none -> UnsupportedTask
 (SPGD Table 1 shows "-"). Budget: T forward NFE, 0 backward.
 """
@@ -43,10 +56,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from operators.base import Operator
-from solvers.base import RNG, Solver
+from operators.base import SVD, Operator
+from operators.separable import SeparableSVD
+from solvers.base import RNG, Solver, SolverError
 
 Tensor = torch.Tensor
+
+#: `variant` values: the paper's update (default) or the released code's for thresholded singular values
+VARIANTS = ("paper", "released")
 
 
 def ddrm_timesteps(num_steps: int, num_train_steps: int = 1000) -> list[int]:
@@ -65,12 +82,24 @@ def initial_spectral_sample(y_bar: Tensor, s: Tensor, sigma: float, sigma_y: flo
     return torch.where(observed, from_y, sigma * z)
 
 
+def zeroed_components(svd: SVD, s: Tensor) -> Tensor:
+    """Bool mask (like s) of the components the released DDRM code treats as singular values equal to 0 rather
+    than as missing: the zeros among the first m entries of a separable (blur / SR) SVD, whose threshold
+    zeroed them (DDRM `singulars()` has m entries). Masks and the identity have none: their zeros are
+    missing pixels in the code as well (DDRM `Inpainting.singulars()` lists the kept entries only)."""
+    if not isinstance(svd, SeparableSVD):
+        return torch.zeros_like(s, dtype=torch.bool)
+    inside = torch.arange(s.shape[-1], device=s.device) < svd.m
+    return inside & (s == 0)
+
+
 def spectral_step(x0_bar: Tensor, eps_bar: Tensor, y_bar: Tensor, s: Tensor, sigma_next: float,
-                  sigma_y: float, eta: float, eta_b: float, z: Tensor) -> Tensor:
-    """x_bar' of the three cases of §4.3 (elementwise, per image)."""
+                  sigma_y: float, eta: float, eta_b: float, z: Tensor, zeroed: Tensor | None = None) -> Tensor:
+    """x_bar' of the three cases of §4.3 (elementwise, per image). `zeroed` (bool, like s; variant
+    "released"): components with s_i = 0 that take the less-noisy case, as in the official code."""
     product = s * sigma_next
     noisier = product > sigma_y
-    less_noisy = (s > 0) & (product < sigma_y)
+    less_noisy = ((s > 0) if zeroed is None else (s > 0) | zeroed) & (product < sigma_y)
     s_safe = torch.where(s > 0, s, torch.ones_like(s))
     carry = sigma_next * math.sqrt(1 - eta**2)
     missing_value = x0_bar + carry * eps_bar + eta * sigma_next * z
@@ -94,9 +123,13 @@ class DDRM(Solver):
         return {"nfe_forward": len(ddrm_timesteps(int(self.num_steps))), "nfe_backward": 0}
 
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
+        if self.variant not in VARIANTS:
+            raise SolverError(f"ddrm: variant must be one of {', '.join(VARIANTS)} (paper: eqs. 7-8; released: the "
+                              f"official code's update for thresholded singular values), got {self.variant!r}")
         sch = self.prior.schedule
         svd = A.svd
         s = svd.singulars(y.shape[0]).to(dtype=y.dtype, device=y.device)  # (B, n), zeros past the rank
+        zeroed = zeroed_components(svd, s) if self.variant == "released" else None
         n = s.shape[1]
         y_bar = torch.nn.functional.pad(svd.Ut(y), (0, n - svd.m))  # U^T y, zero past m
         sigma_y = float(A.sigma_y)  # DDRM's sigma_y is in [-1, 1] units = ours (module docstring)
@@ -111,7 +144,7 @@ class DDRM(Solver):
             eps = self.prior.eps(x, k)
             x0 = self.prior.x0_from_eps(x, k, eps)  # unclipped (§4.1)
             x_bar = spectral_step(svd.Vt(x0), svd.Vt(eps), y_bar, s, sigma[i + 1], sigma_y,
-                                  float(self.eta), float(self.eta_b), rng.randn((n,), like=s))
+                                  float(self.eta), float(self.eta_b), rng.randn((n,), like=s), zeroed)
             x = math.sqrt(abar[i + 1]) * svd.V(x_bar)
             self.check_finite(x, f"ddrm step k={k}")
         return x

@@ -17,6 +17,9 @@ are evaluated in one batched call of A.repeat_interleave(n_k), built on the devi
 At the last step the code also forms candidates, but with s_0 z masked to 0 they are all equal to x', so we
 skip them (same output, fewer A calls). Budget per image: num_steps forward + num_steps backward NFE
 (candidate selection costs only operator evaluations). sigma_y does not enter the update.
+Options `warmup_steps` / `adm` (default off = as released): SPGD's gradient management on the DPS step
+(solvers/dps.py docstring, solvers/gradient_management.py); the candidates then use eps_hat of u_{N-1} and
+the budget is N times the above.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ import torch
 
 from operators.base import Operator
 from solvers import ddpm_steps as dd
+from solvers import gradient_management as gm
 from solvers.base import RNG, Solver, UnsupportedTask
-from solvers.dps import dps_step
+from solvers.dps import dps_budget, dps_step
 
 Tensor = torch.Tensor
 
@@ -76,16 +80,17 @@ class DPPS(Solver):
     smoke = {"num_steps": 20}
 
     def budget(self) -> dict[str, int]:
-        return dd.grid_budget(self.num_steps, backward=True)
+        return dps_budget(self.num_steps, gm.GradientManagement.from_params(self.params))
 
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
+        management = gm.GradientManagement.from_params(self.params)
         steps = dd.ddpm_grid(self.prior.schedule, self.num_steps)
         checks = dd.check_positions(len(steps))
         x = aligned_start(self.prior, y, steps[0].abar, rng) if self.aligned_init else \
             dd.start_noise(self.prior, y, rng)
         A_rep, n_rep = None, 0  # the candidates' operator, rebuilt (on the device) only when n_k changes
         for i, step in enumerate(steps):
-            x_mean, pred = dps_step(self.prior, x, step, y, A, self.zeta)
+            x_mean, pred = dps_step(self.prior, x, step, y, A, self.zeta, management, self, i)
             if step.last:
                 x = x_mean
             else:

@@ -23,6 +23,11 @@ A^+ in the projection is truncated at `projection_threshold` x the largest singu
 which with the operator's own pinv (DDRM's 3e-2 truncation) turned sigma_y = 0.05 into checkerboard noise on the
 blurs (demo: 8 dB); masks and SR keep their exact pinv. Default 0.15 by measurement (solvers/configs/mcg.yaml).
 y_range keeps the operator's own pinv (the gradient term is unchanged).
+Deviation from the released code (documented, as in solvers/dps.py): the norm is taken PER IMAGE; the MCG code
+takes one norm of the whole batch tensor (`th.norm((cond * mask) - (out["pred_xstart"] * mask))` in
+guided_diffusion/gaussian_diffusion.py), so there image i's gradient is divided by the batch's residual norm
+and depends on the other images. Identical at batch 1 (MCG's `run_inpainting.sh` setting); per image keeps a
+result independent of the batch it runs in (generic solver contract).
 Budget per image: num_steps forward + num_steps backward NFE. sigma_y does not enter the update.
 """
 from __future__ import annotations
@@ -58,6 +63,9 @@ class MCG(Solver):
             x = x.detach().requires_grad_(True)
             pred = dd.predict(self.prior, x, step)
             g = dd.norm_gradient(dd.residual_norm(y_range, A, pred.x0), x)
+            if self.observed:
+                self.observe("likelihood_step", step=i, inner=0, k=step.k, x=x, grad=g,
+                             prior_direction=dd.denoising_direction(x, pred, step))
             with torch.no_grad():
                 x = pred.mean + dd.ancestral_noise(step, pred.v, pred.mean, rng) - self.alpha * g
                 x = dd.project_onto_measurement(x, dd.noised_measurement(y, step.abar, rng), A, pinv)

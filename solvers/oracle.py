@@ -47,4 +47,5 @@ class Oracle:
                     out.append(self.prior.posterior_mean(y[i:i + 1], A_i))
                 else:
                     out.append(self.prior.posterior_sample(y[i:i + 1], A_i, [generator[i]]))
-        return torch.cat(out).clamp(-1, 1)
+        data_range = getattr(self.prior, "data_range", (-1.0, 1.0))  # None: unbounded (as Solver.solve)
+        return torch.cat(out) if data_range is None else torch.cat(out).clamp(*data_range)

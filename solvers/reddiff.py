@@ -75,7 +75,7 @@ class REDDiff(Solver):
         adam = Adam(float(self.lr), betas=(0.9, 0.99))
         n_x = mu[0].numel()
         x_out = mu
-        for k in time_grid(int(self.num_steps), sched.num_steps):
+        for i, k in enumerate(time_grid(int(self.num_steps), sched.num_steps)):
             ab = float(sched.abar(k))
             w = float(self.lam) * weight(math.sqrt((1 - ab) / ab))
             eps = rng.randn_like(mu)
@@ -86,6 +86,9 @@ class REDDiff(Solver):
                 data = 0.5 * (y - A(mu_g)).pow(2).flatten(1).mean(1)     # per-image mean
                 (g_data,) = torch.autograd.grad(data.sum(), mu_g)
             grad = float(self.obs_weight) * g_data + w * (eps_hat - eps) / n_x
+            if self.observed:  # prior direction: x0_hat(x_k) - mu = sqrt((1 - abar) / abar) (eps - eps_hat)
+                self.observe("likelihood_step", step=i, inner=0, k=k, x=mu, grad=g_data,
+                             prior_direction=math.sqrt((1 - ab) / ab) * (eps - eps_hat))
             x_out = mu.detach()  # the prediction at this k (returned for the last k)
             mu = adam.step(mu.detach(), grad)
             self.check_finite(mu, f"reddiff step k={k}; decrease lr (now {self.lr})")

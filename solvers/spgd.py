@@ -20,6 +20,9 @@ where D_i = d_{N-1} (re-used, as in the code) or, with `denoise_at_u_N`, D_i = D
 replaced by u_N (the literal reading of Eq. 11, one more forward NFE per outer step). At i = T-1
 (sigma_T = 0) this gives x_hat = D_i - eta_{T-1} m_{N-1}.
 
+The warm-up loop and ADM are the shared mechanism of solvers/gradient_management.py (also offered to DPS,
+DPPS and DAPS as options `warmup_steps` / `adm`); SPGD's outputs are unchanged by the move (bit for bit).
+
 Two variants (`variant`):
 * `paper` (default): ADM applied (the m_j above), one global cosine per image over the flattened
   gradient, beta 0.95 (§2.5: App. D.2 value lost in extraction; Table 2 "full SPGD" SR row equals
@@ -47,34 +50,15 @@ import torch
 
 from operators.base import Operator
 from priors.schedule import edm_sigmas
+from solvers import gradient_management as gm
 from solvers.base import RNG, Solver, SolverError
+from solvers.gradient_management import adm_cosine, adm_update  # noqa: F401  (re-exported: SPGD's ADM)
 
 Tensor = torch.Tensor
 
 #: what `variant: released` fixes (spec §2.5-§2.6: [SPGD] sampler.py class defaults)
 RELEASED = {"apply_adm": False, "beta": 0.9, "cosine": "channel", "lr_min_ratio": 0.01,
             "denoise_at_u_N": False}
-
-
-def adm_cosine(g: Tensor, m: Tensor, kind: str) -> Tensor:
-    """Per-image cosine between g and m, shape (B,).
-
-    `global`: cosine of the flattened images (paper wording). `channel`: cosine across the channel
-    axis at each pixel (eps 1e-8), averaged over the pixels (the released code)."""
-    if kind == "global":
-        return torch.nn.functional.cosine_similarity(g.flatten(1), m.flatten(1), dim=1, eps=1e-8)
-    if kind == "channel":
-        return torch.nn.functional.cosine_similarity(g, m, dim=1, eps=1e-8).flatten(1).mean(1)
-    raise SolverError(f"spgd: cosine must be 'global' or 'channel', got {kind!r}")
-
-
-def adm_update(m: Tensor | None, g: Tensor, beta: float, kind: str) -> Tensor:
-    """Adaptive directional momentum (paper Eq. 12-13): m_0 = g_0,
-    m_j = a beta m_{j-1} + (1 - a beta) g_j with a = (1 + cos(g_j, m_{j-1})) / 2 (per image)."""
-    if m is None:
-        return g
-    a = ((1 + adm_cosine(g, m, kind)) / 2).view(-1, *([1] * (g.ndim - 1)))
-    return a * beta * m + (1 - a * beta) * g
 
 
 class SPGD(Solver):
@@ -95,14 +79,14 @@ class SPGD(Solver):
         return {"nfe_forward": T * N + extra, "nfe_backward": T * N}
 
     def _likelihood_grad(self, u: Tensor, sigma: float, y: Tensor, A: Operator) -> tuple[Tensor, Tensor]:
-        """(D(u; sigma), grad_u ||A(D(u; sigma)) - y||^2), per image (the sum over the batch
-        separates). One forward and one backward NFE."""
+        """(grad_u ||A(D(u; sigma)) - y||^2, D(u; sigma)), per image (the sum over the batch separates); the
+        (gradient, aux) pair of the shared warm-up loop. One forward and one backward NFE."""
         with torch.enable_grad():
             u = u.detach().requires_grad_(True)
             d = self.prior.denoise(u, sigma)
             loss = (A(d) - y).pow(2).sum()
             (g,) = torch.autograd.grad(loss, u)
-        return d.detach(), g
+        return g, d.detach()
 
     def _solve(self, y: Tensor, A: Operator, rng: RNG) -> Tensor:
         s = self._settings()
@@ -111,15 +95,16 @@ class SPGD(Solver):
             raise SolverError(f"spgd: num_steps and warmup_steps must be >= 1, got {T}, {N}")
         sigmas = edm_sigmas(T, self.sigma_max, self.sigma_min, self.rho).tolist() + [0.0]
         x = sigmas[0] * rng.randn(self.prior.image_shape, like=y)
+        management = gm.GradientManagement(warmup_steps=N, adm=s["apply_adm"], beta=s["beta"], cosine=s["cosine"])
         for i in range(T):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             eta_i = eta * (1 - i / T * (1 - s["lr_min_ratio"]))
-            u, m = x, None
-            for _ in range(N):
-                d, g = self._likelihood_grad(u, sigma, y, A)
-                m = adm_update(m, g, s["beta"], s["cosine"]) if s["apply_adm"] else g
-                u_prev, u = u, u - eta_i * m
-                self.check_finite(u, f"spgd step {i} (sigma {sigma:.4g}); decrease lr (now {eta})")
+            w = gm.warmup(self, x, lambda u: self._likelihood_grad(u, sigma, y, A), eta_i, N, management,
+                          step=i, noise={"sigma": sigma},
+                          check=lambda u, _j: self.check_finite(
+                              u, f"spgd step {i} (sigma {sigma:.4g}); decrease lr (now {eta})"),
+                          prior_direction=lambda u, d: d - u)
+            u, u_prev, d = w.u, w.u_prev, w.aux
             if s["denoise_at_u_N"]:
                 with torch.no_grad():
                     d, u_prev = self.prior.denoise(u, sigma), u

@@ -15,7 +15,8 @@ from bench.errors import BenchError
 from bench.protocol import REPO_ROOT
 
 TABLE1_TASKS = ["inpaint_random", "deblur_gaussian", "deblur_motion", "sr4"]
-TABLE1_SOLVERS = ["pnp_admm", "scoresde", "mcg", "ddrm", "dps", "diffpir", "dpps", "reddiff", "spgd", "dcdp"]
+TABLE1_SOLVERS = ["pnp_admm", "scoresde", "mcg", "ddrm", "dps", "diffpir", "dpps", "reddiff", "spgd", "dcdp",
+                  "ddnm", "pigdm", "daps"]
 
 
 def test_shipped_protocols_parse_and_say_everything():

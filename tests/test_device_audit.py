@@ -24,6 +24,7 @@ from solvers.base import RNG, Solver, SolverDiverged
 # more steps than the smoke settings where those have fewer than 10 (so a per-step read exceeds the budget)
 STEPS = {"ddrm": {"num_steps": 12}, "diffpir": {"num_steps": 12}, "pnp_admm": {"iterations": 12},
          "dcdp": {"rounds": 4, "dc_steps": 3, "ddim_steps": 3}}
+ONE_STEP = {"hypir": 1}  # one-network-call solvers: the whole solve is one step
 CASES = [(s, t, {}) for s, t in table1_pairs()] + \
         [("pnp_admm", t, {"denoiser": "prior"}) for t in ("inpaint_random", "deblur_motion", "sr4")]
 
@@ -43,7 +44,7 @@ def test_every_solver_and_table1_task_is_audited():
 def test_step_loop_has_no_copies_and_syncs_at_most_every_10_steps(name, task, extra):
     steps = "check" if name == "pnp_admm" and "denoiser" not in extra else "network"
     r = audit_solve(name, task, **{**STEPS.get(name, {}), **extra}, steps=steps)
-    assert r["steps"] >= 9
+    assert r["steps"] >= ONE_STEP.get(name, 9)
     assert_within_budget(r)
 
 

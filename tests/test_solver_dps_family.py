@@ -227,6 +227,22 @@ def test_projection_solvers_refuse_operators_without_pinv():
         solvers.get("scoresde", prior(), num_steps=2).solve(torch.zeros(B, *A(torch.zeros(B, *SHAPE)).shape[1:]), A)
 
 
+def test_mcg_guidance_is_the_gradient_of_each_images_own_norm():
+    """Documented deviation (solvers/mcg.py): grad of ||r_i|| per image, not of one whole-batch norm (MCG repo).
+    At the first step x is each image's start noise, so image 0's gradient in a batch of 2 must equal its
+    gradient alone; the whole-batch norm would scale it by ||r_0|| / ||r|| (< 1 here) instead."""
+    prob = problem("inpaint_random")
+    grads, residuals = {}, {}
+    for batch in (1, 2):
+        solver = solvers.get("mcg", prior(), task="inpaint_random", num_steps=2)
+        seen: list[torch.Tensor] = []
+        solver.add_observer(lambda event, **q: seen.append(q["grad"]) if q["step"] == 0 else None)
+        solver.solve(prob["y"][:batch], prob["A"].select(list(range(batch))), gens(0)[:batch])
+        grads[batch] = seen[0]
+    torch.testing.assert_close(grads[2][:1], grads[1], rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(grads[2][1], grads[2][0])  # a different image's own gradient
+
+
 # ---------------------------------------------------------------------- accuracy on the exact prior
 CASES = [(s, t) for s in ("dps", "dpps", "mcg", "scoresde") for t in TASKS]
 

@@ -12,7 +12,7 @@ import torch
 
 import solvers
 import operators
-from solvers.dcdp import ddim_indices, gram_norm, purification_times, size_scaled_lr
+from solvers.dcdp import ddim_indices, gram_norm, purification_start, purification_times, size_scaled_lr
 from solvers.reddiff import time_grid
 from test_solver_spgd import TABLE1, gaussian_problem, prior_of_size, run
 
@@ -163,3 +163,26 @@ def test_dcdp_noisy_recipe_is_selected_iff_sigma_y_is_positive():
         solver.solve(p.y, A, p.generators())
         assert solver.budget() == solver.budget(sigma_y) == p.prior.nfe.as_dict()
         assert solver.budget()["nfe_forward"] == (3 + 3 + 3 if sigma_y else 3 + 3 + 2)
+
+
+def test_dcdp_last_round_noises_at_index_0_and_denoises_at_index_1_in_both_versions(monkeypatch):
+    """Official rule (`ddim_timestep == 1 -> 2` before the version branch, issue 13): t = 1 adds noise at index
+    0 and denoises from index 1; every other round denoises where it added the noise (t - 1)."""
+    assert [purification_start(t) for t in (1, 2, 3, 400)] == [1, 1, 2, 399]
+    assert all(ddim_indices(t, 20)[0] == purification_start(t) for t in (1, 2, 5, 44, 400))  # version 1 agrees
+    size = 32
+    p = gaussian_problem("sr4", size=size)
+    A = operators.get("sr4", image_shape=(3, size, size), seeds=[0], sigma_y=0.0)  # noiseless: schedule ends at 1
+    for version, expected in ((2, [399, 199, 1]), (1, [399, 199, 1])):
+        solver = solvers.get("dcdp", p.prior, task="sr4", rounds=3, dc_steps=2, ddim_steps=3, version=version)
+        assert solver.schedule(0.0) == [400, 200, 1]
+        noised, denoised = [], []
+        abar = solver._abar
+        monkeypatch.setattr(solver, "_abar", lambda k: noised.append(k) or abar(k), raising=False)
+        tweedie = solver._tweedie
+        monkeypatch.setattr(solver, "_tweedie", lambda x, k: denoised.append(k) or tweedie(x, k), raising=False)
+        monkeypatch.setattr(solver, "_ddim", lambda x, idx: denoised.append(idx[0]) or tweedie(x, idx[-1]),
+                            raising=False)
+        solver.solve(p.y, A, p.generators())
+        assert noised == [399, 199, 0]  # noise at t - 1: the last round at index 0
+        assert denoised == expected, (version, denoised)
