@@ -1,2 +1,2 @@
 """The RestoreBench harness: data, seeding, batching, metrics, result store, tables, CLI."""
-from bench import torchvision_shim  # noqa: F401  (must run before anything imports torchvision)
+from common import torchvision_shim  # noqa: F401  (must run before anything imports torchvision)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 import warnings
@@ -131,6 +130,11 @@ def cmd_table(args: argparse.Namespace) -> int:
                          all_configs=args.all_configs,
                          fingerprints={**store.load_fingerprints(out), **selection.files})
     files += grids.write_grids(out, layout.methods)
+    if p.set_metrics or args.fid:
+        from bench import fid
+        files += fid.write_tables(out, records, store.load_configs(out), selection.cells or None, dict(layout.methods),
+                                  p.name, which=p.set_metrics or fid.SET_METRICS, all_configs=args.all_configs,
+                                  fingerprints={**store.load_fingerprints(out), **selection.files})
     for f in files:
         print(f)
     return 0
@@ -357,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
     _speed_args(t)
     t.add_argument("--all-configs", action="store_true",
                    help="also show every other configuration / code version in the store as labelled rows")
+    t.add_argument("--fid", action="store_true",
+                   help="also FID/KID over each cell's image set (needs the protocol's `set_metrics` outputs and the "
+                        "Inception weights: make checkpoints NAMES=inception)")
     t.set_defaults(func=cmd_table)
     d = sub.add_parser("data", help="check data folders against manifests / write a manifest")
     d.add_argument("action", choices=["check", "manifest"])
@@ -414,8 +421,6 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="also write the (markdown) plan to this file")
     pl.set_defaults(func=cmd_plan)
     for module in COMMAND_MODULES:  # each defines add_parser(sub) and sets func via set_defaults
-        if importlib.util.find_spec(module) is None:  # TEMPORARY while the modules are being written
-            continue
         importlib.import_module(module).add_parser(sub)
     return ap
 

@@ -108,7 +108,7 @@ class _InceptionFeatures(nn.Module):
 
     def __init__(self, path: Path):
         super().__init__()
-        import bench.torchvision_shim  # noqa: F401  (torch_fidelity imports torchvision)
+        import common.torchvision_shim  # noqa: F401  (torch_fidelity imports torchvision)
         from torchmetrics.image.fid import NoTrainInceptionV3
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                       feature_extractor_weights_path=str(path), antialias=False)

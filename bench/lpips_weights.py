@@ -138,7 +138,7 @@ def convert_features(net: str) -> dict[str, torch.Tensor]:
 
 def _torchvision_shapes(net: str) -> dict[str, torch.Size]:
     """Names and shapes of the full torchvision model's state dict (built on the meta device: free)."""
-    import bench.torchvision_shim  # noqa: F401  (before torchvision)
+    import common.torchvision_shim  # noqa: F401  (before torchvision)
     import torchvision
 
     build = {"alex": torchvision.models.alexnet, "vgg": torchvision.models.vgg16}[net]

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-import bench.torchvision_shim  # noqa: F401  (before lpips/torchmetrics import torchvision)
+import common.torchvision_shim  # noqa: F401  (before lpips/torchmetrics import torchvision)
 from bench import lpips_weights
 
 LPIPS_VARIANTS = ("alex", "vgg", "piq-vgg-avg")

@@ -55,7 +55,7 @@ from bench.protocol import DatasetSpec
 from bench.store import Store, load_records, writer_name
 from operators.base import OperatorError
 from priors.gaussian import GaussianPrior, embedded
-from solvers.base import SolverDiverged, SolverError, UnsupportedTask
+from solvers.base import Solver, SolverDiverged, SolverError, UnsupportedTask, solver_class
 from solvers.oracle import Oracle
 
 Tensor = torch.Tensor
@@ -220,7 +220,7 @@ def solver_names(p: GaussianProtocol, only: list[str] | None = None) -> list[str
 
 def solver_overrides(p: GaussianProtocol, name: str) -> dict[str, Any]:
     entry = p.solvers.get(name) or {}
-    out: dict[str, Any] = dict(solver_pkg.base.solver_class(name).smoke) if p.smoke else {}
+    out: dict[str, Any] = dict(solver_class(name).smoke) if p.smoke else {}
     for k, v in (entry.get("overrides") or {}).items():
         out[k] = v["value"] if isinstance(v, dict) and "value" in v else v
     return out
@@ -267,7 +267,7 @@ def _identity(p: GaussianProtocol, prior: GaussianPrior, td: TaskData, name: str
             params, cls = solver.describe()["params"], type(solver)
         except (SolverError, TypeError, ValueError) as err:
             params = {"error": _one_line(err)}
-            cls = solver_pkg.base.Solver
+            cls = Solver
     config = {"protocol": p.name, "seed": p.seed, "image_size": p.image_size, "clip": p.clip, "samples": p.samples,
               "directions": p.directions, "sigma_y": p.sigma_y, "task": td.task, "task_spec": p.tasks[td.task],
               "block": td.block.block, "solver": name, "params": params}

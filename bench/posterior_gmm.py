@@ -229,20 +229,22 @@ def solver_names(p: GMMProtocol, only: list[str] | None = None) -> list[str]:
 
 
 def solver_overrides(p: GMMProtocol, name: str, n_steps: int) -> dict[str, Any]:
-    """The solver's `smoke` overrides (smoke protocols only), then num_steps = n_steps - 1 if the solver has
-    it, then the protocol's `overrides`, then its `steps[n_steps]` block."""
+    """num_steps = n_steps - 1 if the solver has it, then the protocol's `overrides`, then its `steps[n_steps]`
+    block, then (smoke protocols only) the solver's `smoke` overrides except num_steps (the grid stays)."""
     entry = p.solvers.get(name) or {}
     bad = sorted(set(entry) - {"overrides", "steps", "note"})
     if bad:
         raise BenchError(f"protocol {p.name}: solver {name!r}: unknown key(s) {', '.join(bad)} "
                          f"(allowed: overrides, steps, note)")
     params = resolve_config(solver_class(name), "dense", None)
-    out: dict[str, Any] = dict(solver_class(name).smoke) if p.smoke else {}
+    out: dict[str, Any] = {}
     if "num_steps" in params:
         out["num_steps"] = n_steps - 1
     for block in (entry.get("overrides") or {}, (entry.get("steps") or {}).get(n_steps) or {}):
         for k, v in block.items():
             out[k] = v["value"] if isinstance(v, dict) and "value" in v else v
+    if p.smoke:
+        out.update({k: v for k, v in solver_class(name).smoke.items() if k != "num_steps"})
     return out
 
 
@@ -259,7 +261,7 @@ def _one_line(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())[:300]
 
 
-def run_solver_on_cell(p: GMMProtocol, data: CellData, name: str, log: Callable[[str], None] = print) -> list[dict]:
+def run_solver_on_cell(p: GMMProtocol, data: CellData, name: str) -> list[dict]:
     """One record per problem for solver `name` on a prepared cell."""
     cell = data.cell
     records = []
@@ -356,7 +358,7 @@ def run(p: GMMProtocol, out_dir: Path, only: list[str] | None = None, rerun: boo
             if not rerun and _current(existing, cell, name, expected_identity(p, data, name), p.problems):
                 continue
             t0 = time.perf_counter()
-            recs = run_solver_on_cell(p, data, name, log)
+            recs = run_solver_on_cell(p, data, name)
             store.append(recs)
             dt = time.perf_counter() - t0
             ran[name] = ran.get(name, 0.0) + dt

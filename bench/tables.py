@@ -368,9 +368,9 @@ def footer(records: list[dict], configs: dict[str, dict], notes: list[str] | Non
     trained = sorted({r["solver"] for r in records if ((configs.get(r["config_hash"], {}).get("solver") or {})
                                                        .get("external_models") or {}).get("training")})
     for row in trained:
-        lines.append(f"- {(labels or {}).get(row, row)} is a trained restorer (HYPIR): one adapter trained per task on "
-                     "pairs of that task, 1 NFE at test time; discriminator backbone and training cost per task in "
-                     "table1_cost.md")
+        lines.append(f"- {(labels or {}).get(row, row)}: a trained restorer, not zero-shot (HYPIR: one adapter trained "
+                     "per task on pairs of that task, 1 NFE at test time); discriminator backbone and training cost "
+                     "per task in table1_cost.md")
     failed = sorted({(r["solver"], r["task"], r["status"], r["message"]) for r in records
                      if r["status"] in ("diverged", "error")})
     if failed:

@@ -1,6 +1,6 @@
 """Training of a HYPIR one-step restorer for one (prior, task) (spec shared/spec/hypir.md §2, §6).
 
-Generator: the prior's ADM UNet, frozen, with LoRA adapters (priors/lora.py; rank 64, alpha = rank,
+Generator: the prior's ADM UNet, frozen, with PEFT LoRA adapters (priors/lora.py; rank 64, alpha = rank,
 Gaussian init so step 0 is the prior exactly); x_hat = x0_from_eps(u, k_c, eps_{theta+Delta}(u, k_m)) with
 u = P(y) (solvers/hypir.py `restorer_input`), not clipped during training.
 Pairs: the benchmark's own operator and noise (`operators.get(task, **task_params)`, sigma_y), fresh
@@ -39,7 +39,8 @@ from bench.restorer_discriminator import REAL_TARGET, Discriminator, bce_multile
 from bench.seeding import generator as stream_generator
 from bench.seeding import stream_seed
 from common.fileio import atomic_write
-from priors.lora import ADM_TARGETS, apply_lora, lora_parameters, lora_state_dict, load_lora_state, weights_sha256
+from priors.lora import (ADM_TARGETS, apply_lora, load_lora_state, lora_parameters, lora_state_dict, peft_version,
+                         weights_sha256)
 from solvers.hypir import ADAPTER_FORMAT, generator_x0, restorer_input
 
 Tensor = torch.Tensor
@@ -257,7 +258,7 @@ class RestorerTrainer:
             "format": ADAPTER_FORMAT, "prior": c.prior, "prior_sha256": self.prior_sha256, "task": c.task,
             "task_params": json.dumps(c.task_params, sort_keys=True), "sigma_y": json.dumps(c.sigma_y),
             "k_m": json.dumps(c.k_m), "k_c": json.dumps(c.k_c), "rank": json.dumps(c.rank),
-            "alpha": json.dumps(c.adapter_alpha()), "targets": json.dumps(list(ADM_TARGETS)),
+            "alpha": json.dumps(c.adapter_alpha()), "targets": json.dumps(list(ADM_TARGETS)), "lora": peft_version(),
             "steps": json.dumps(self.step), "batch_size": json.dumps(c.batch_size),
             "images_seen": json.dumps(2 * self.step * c.batch_size), "train_seconds": json.dumps(round(self.seconds, 1)),
             "device": _device_words(self.device), "precision": c.precision,

@@ -1,28 +1,32 @@
-"""Low-rank adapters (LoRA) on the ADM UNet, for one-step restorers built from a diffusion prior (HYPIR).
+"""Low-rank adapters (LoRA) on the ADM UNet, for one-step restorers built from a diffusion prior (HYPIR), on PEFT.
 
-Our own implementation of the PEFT LoRA maths (PEFT docs "LoRA / Initialization", spec hypir.md §1.5,
-§6.3); PEFT itself is not used (its import pulls transformers/torchvision, and the ADM module names
-need our own target list anyway):
+The adapter layers are PEFT's (`peft.LoraConfig` + `peft.inject_adapter_in_model`, as HYPIR's official code
+configures them; spec hypir.md §1.5, §6.3):
 
-* a wrapped layer computes base(x) + (alpha / r) * B(A(x)); for a Conv2d, A is a conv with the base
-  layer's kernel, stride and padding (in -> r) and B a 1x1 conv (r -> out); for a Conv1d (attention
-  qkv / proj_out, kernel 1) both are kernel-1 convs; no bias in A or B;
-* Gaussian init: A ~ N(0, (1/r)^2) entrywise, B = 0, so at initialisation the adapted network equals the
-  base network bit for bit (base(x) + 0);
-* targets (spec §6.3, module-name suffixes of priors/adm.py): ResBlock `in_layers.2` (conv1),
-  `out_layers.3` (conv2), `skip_connection` (1x1 shortcut, when it is a conv), attention `qkv` and
-  `proj_out`, and the final `out.2`. Not adapted: `input_blocks.0.0` (first conv), the time-embedding
-  projections `emb_layers.1` and the `time_embed` MLP.
+* a wrapped layer (`peft.tuners.lora.Conv2d` / `Conv1d`) computes base(x) + (alpha / r) * B(A(x)); A is a conv
+  with the base layer's kernel, stride and padding (in -> r), B a kernel-1 conv (r -> out), no bias, no dropout;
+* `init_lora_weights="gaussian"`: A ~ N(0, (1/r)^2) entrywise, B = 0, so at initialisation the adapted network
+  equals the base network bit for bit (base(x) + 0); A is drawn from the CPU generator seeded with `seed`;
+* targets (spec §6.3, module-name suffixes of priors/adm.py): ResBlock `in_layers.2` (conv1), `out_layers.3`
+  (conv2), `skip_connection` (1x1 shortcut, when it is a conv), attention `qkv` and `proj_out`, and the final
+  `out.2`. Not adapted: `input_blocks.0.0` (first conv), the time-embedding projections `emb_layers.1` and the
+  `time_embed` MLP. The suffixes are resolved here to the exact Conv1d/Conv2d module names (`target_names`) and
+  given to PEFT as one anchored pattern, so an Identity shortcut is never targeted.
 
-`lora_applied(unet, state, rank, alpha)` applies a trained adapter for the duration of a `with` block
-and restores the original modules afterwards (the prior is shared by every solver of a run).
-`weights_sha256(module)` is the checksum that ties an adapter to the exact base weights it was trained on.
+Saving and loading use PEFT's `get_peft_model_state_dict` / `set_peft_model_state_dict` (keys
+'<layer>.lora_A.weight', '<layer>.lora_B.weight'); `remove_lora` unloads (puts every wrapped layer's base layer
+back, as PEFT's `unload`) and restores the parameters' `requires_grad` flags that PEFT froze.
+`lora_applied(unet, state)` applies a trained adapter for the duration of a `with` block (the prior is shared by
+every solver of a run). `weights_sha256(module)` ties an adapter to the exact base weights it was trained on.
+PEFT is imported lazily (its import pulls transformers, ~5 s), after common.torchvision_shim.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Iterator, Mapping
+import re
+import sys
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -31,32 +35,19 @@ Tensor = torch.Tensor
 
 #: module-name suffixes adapted on the ADM UNet (spec hypir.md §6.3)
 ADM_TARGETS: tuple[str, ...] = ("in_layers.2", "out_layers.3", "skip_connection", "qkv", "proj_out", "out.2")
+ADAPTER_NAME = "default"
+_FLAGS = "_lora_requires_grad"  # unet.__dict__ key: the requires_grad flags before PEFT froze the base
 
 
-class LoRAConv(nn.Module):
-    """base(x) + scale * B(A(x)) around a frozen Conv1d / Conv2d (see the module docstring)."""
+def _peft() -> Any:
+    import common.torchvision_shim  # noqa: F401  (before peft -> transformers -> torchvision)
+    import peft
+    return peft
 
-    def __init__(self, base: nn.Conv1d | nn.Conv2d, rank: int, alpha: float,
-                 generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-        self.base = base
-        self.rank = rank
-        self.scale = float(alpha) / rank
-        conv = nn.Conv2d if isinstance(base, nn.Conv2d) else nn.Conv1d
-        device, dtype = base.weight.device, torch.float32
-        self.lora_A = conv(base.in_channels, rank, base.kernel_size, stride=base.stride, padding=base.padding,
-                           dilation=base.dilation, bias=False, device=device, dtype=dtype)
-        self.lora_B = conv(rank, base.out_channels, 1, bias=False, device=device, dtype=dtype)
-        with torch.no_grad():
-            a = torch.randn(self.lora_A.weight.shape, generator=generator, dtype=dtype) / rank
-            self.lora_A.weight.copy_(a.to(device))
-            self.lora_B.weight.zero_()
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.lora_B(self.lora_A(x.to(self.lora_A.weight.dtype)))
-        return self.base(x) + (self.scale * h).to(x.dtype)
+def peft_version() -> str:
+    """'peft <version>': the LoRA implementation, recorded in adapter metadata."""
+    return f"peft {_peft().__version__}"
 
 
 def target_names(unet: nn.Module, targets: tuple[str, ...] = ADM_TARGETS) -> list[str]:
@@ -68,66 +59,76 @@ def target_names(unet: nn.Module, targets: tuple[str, ...] = ADM_TARGETS) -> lis
     return out
 
 
-def _parent(unet: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    return (unet.get_submodule(parent_name) if parent_name else unet), child
+def lora_layers(unet: nn.Module) -> dict[str, nn.Module]:
+    """name -> PEFT LoRA layer of `unet` (empty when no adapter is applied)."""
+    if "peft" not in sys.modules:  # no PEFT layer can exist yet; keeps the check free of the peft import
+        return {}
+    from peft.tuners.lora import LoraLayer
+    return {name: m for name, m in unet.named_modules() if isinstance(m, LoraLayer)}
 
 
 def apply_lora(unet: nn.Module, rank: int, alpha: float | None = None, targets: tuple[str, ...] = ADM_TARGETS,
-               seed: int = 0) -> dict[str, LoRAConv]:
-    """Wrap every target conv of `unet` in a `LoRAConv` (in place); returns name -> wrapper.
+               seed: int = 0) -> dict[str, nn.Module]:
+    """Inject PEFT LoRA layers into every target conv of `unet` (in place); returns name -> LoRA layer.
 
-    alpha defaults to rank (scale 1, as HYPIR). A is drawn from a generator seeded with `seed`, layer by
-    layer in module order, so the initial adapter is reproducible."""
-    alpha = float(rank if alpha is None else alpha)
-    gen = torch.Generator().manual_seed(seed)
-    wrapped = {}
-    for name in target_names(unet, targets):
-        parent, child = _parent(unet, name)
-        layer = LoRAConv(getattr(parent, child), rank, alpha, gen)
-        setattr(parent, child, layer)
-        wrapped[name] = layer
-    if not wrapped:
+    alpha defaults to rank (scale 1, as HYPIR). A is drawn from the CPU generator seeded with `seed`, layer by
+    layer in module order (the global RNG state is left as it was), so the initial adapter is reproducible."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    if lora_layers(unet):
+        raise ValueError("the network already carries a LoRA adapter; call remove_lora first")
+    names = target_names(unet, targets)
+    if not names:
         raise ValueError(f"no module of the network matches the LoRA targets {list(targets)}")
-    return wrapped
+    peft = _peft()
+    config = peft.LoraConfig(r=rank, lora_alpha=float(rank if alpha is None else alpha), lora_dropout=0.0,
+                             init_lora_weights="gaussian", bias="none",
+                             target_modules="|".join(re.escape(n) for n in names))
+    unet.__dict__[_FLAGS] = [(p, p.requires_grad) for p in unet.parameters()]
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        peft.inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)
+    return lora_layers(unet)
 
 
 def remove_lora(unet: nn.Module) -> None:
-    """Put the original base modules back in place of every `LoRAConv` of `unet`."""
-    for name, module in list(unet.named_modules()):
-        if isinstance(module, LoRAConv):
-            parent, child = _parent(unet, name)
-            setattr(parent, child, module.base)
+    """Unload: put each LoRA layer's base layer back in its place, drop PEFT's config and restore the
+    parameters' requires_grad flags of before `apply_lora`."""
+    for name, module in lora_layers(unet).items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(unet.get_submodule(parent_name) if parent_name else unet, child, module.get_base_layer())
+    unet.__dict__.pop("peft_config", None)
+    for p, flag in unet.__dict__.pop(_FLAGS, []):
+        p.requires_grad_(flag)
 
 
 def lora_state_dict(unet: nn.Module) -> dict[str, Tensor]:
-    """The adapter weights only: '<layer>.lora_A.weight' / '<layer>.lora_B.weight' -> tensor (detached copies)."""
-    out = {}
-    for name, module in unet.named_modules():
-        if isinstance(module, LoRAConv):
-            out[f"{name}.lora_A.weight"] = module.lora_A.weight.detach().clone()
-            out[f"{name}.lora_B.weight"] = module.lora_B.weight.detach().clone()
-    return out
+    """The adapter weights only (PEFT's `get_peft_model_state_dict`): '<layer>.lora_A.weight' /
+    '<layer>.lora_B.weight' -> tensor (detached copies)."""
+    if not lora_layers(unet):
+        return {}
+    state = _peft().get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def lora_parameters(unet: nn.Module) -> list[nn.Parameter]:
-    return [p for m in unet.modules() if isinstance(m, LoRAConv) for p in (m.lora_A.weight, m.lora_B.weight)]
+    """The trainable adapter parameters, in module order (A then B of each layer)."""
+    return [p for name, p in unet.named_parameters() if ".lora_A." in name or ".lora_B." in name]
 
 
 def load_lora_state(unet: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Copy adapter weights into the wrapped layers; exactly the adapter's keys must be present (strict),
-    with matching shapes, else ValueError naming the first differences."""
-    mine = {f"{n}.lora_{ab}.weight": getattr(m, f"lora_{ab}").weight
-            for n, m in unet.named_modules() if isinstance(m, LoRAConv) for ab in ("A", "B")}
+    """Copy adapter weights into the LoRA layers (PEFT's `set_peft_model_state_dict`); exactly the adapter's
+    keys must be present (strict), with matching shapes, else ValueError naming the first differences."""
+    mine = {k: tuple(v.shape) for k, v in lora_state_dict(unet).items()}
     missing = sorted(set(mine) - set(state))
     unexpected = sorted(set(state) - set(mine))
-    shapes = [k for k in mine if k in state and tuple(state[k].shape) != tuple(mine[k].shape)]
-    if missing or unexpected or shapes:
+    shapes = [k for k in mine if k in state and tuple(state[k].shape) != mine[k]]
+    if missing or unexpected or shapes or not mine:
         raise ValueError(f"adapter does not fit this network: {len(missing)} missing, {len(unexpected)} unexpected, "
                          f"{len(shapes)} mis-shaped keys (first: {(missing + unexpected + shapes)[:3]})")
-    with torch.no_grad():
-        for k, p in mine.items():
-            p.copy_(state[k].to(device=p.device, dtype=p.dtype))
+    result = _peft().set_peft_model_state_dict(unet, dict(state), adapter_name=ADAPTER_NAME)
+    if result.unexpected_keys:  # PEFT mapped a key to no parameter (cannot happen after the check above)
+        raise ValueError(f"adapter does not fit this network: PEFT left {result.unexpected_keys[:3]} unloaded")
 
 
 def adapter_rank(state: Mapping[str, Tensor]) -> int:
@@ -155,10 +156,11 @@ def lora_applied(unet: nn.Module, state: Mapping[str, Tensor], alpha: float | No
 
 
 def weights_sha256(module: nn.Module) -> str:
-    """sha256 over the module's state dict (names, dtypes, shapes, bytes; LoRA layers excluded), cached on
-    the module until its parameters change identity. Ties an adapter to the exact base weights."""
+    """sha256 over the module's state dict (names, dtypes, shapes, bytes; LoRA layers excluded, PEFT's
+    `.base_layer.` infix removed), cached on the module until its parameters change identity. Ties an adapter
+    to the exact base weights."""
     state = {k: v for k, v in module.state_dict().items() if ".lora_" not in k}
-    state = {k.replace(".base.", "."): v for k, v in state.items()}
+    state = {k.replace(".base_layer.", "."): v for k, v in state.items()}
     key = tuple((k, v.data_ptr(), v.device.type, v._version) for k, v in sorted(state.items()))
     cached = module.__dict__.get("_weights_sha256")
     if cached is not None and cached[0] == key:

@@ -39,7 +39,7 @@ Tensor = torch.Tensor
 ADAPTER_FORMAT = "restorebench-hypir-adapter/1"
 #: metadata every adapter file carries (values are strings; numbers as JSON)
 ADAPTER_KEYS = ("format", "prior", "prior_sha256", "task", "task_params", "sigma_y", "k_m", "k_c", "rank",
-                "alpha", "targets", "steps", "batch_size", "images_seen", "train_seconds", "device", "precision",
+                "alpha", "targets", "lora", "steps", "batch_size", "images_seen", "train_seconds", "device", "precision",
                 "discriminator", "data_manifest", "data_manifest_sha256", "loss_weights", "ema", "input")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COLOUR_FIX_TASKS = ("sr", "deblur")  # task-name prefixes where the colour fix applies (§6.7); never inpainting

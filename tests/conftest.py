@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import bench.torchvision_shim  # noqa: E402,F401  (before anything imports torchvision)
+import common.torchvision_shim  # noqa: E402,F401  (before anything imports torchvision)
 
 
 def shared_dir() -> Path:

@@ -13,7 +13,8 @@ import operators
 import solvers
 from bench.restorer_discriminator import REAL_TARGET, Discriminator, bce_multilevel
 from priors.adm import ADMPrior, create_unet, small_config
-from priors.lora import LoRAConv, apply_lora, lora_parameters, lora_state_dict, remove_lora, target_names, weights_sha256
+from priors.lora import (ADAPTER_NAME, apply_lora, lora_layers, lora_parameters, lora_state_dict, remove_lora, target_names,
+                         weights_sha256)
 from solvers.base import SolverError
 from solvers.hypir import ADAPTER_FORMAT, adapter_filename, colour_fix, generator_x0, restorer_input, wavelet_low
 
@@ -45,8 +46,8 @@ def test_lora_targets_follow_the_spec_mapping():
     names = target_names(unet)
     assert "out.2" in names and "input_blocks.0.0" not in names
     assert not any("emb_layers" in n or "time_embed" in n for n in names)
-    kinds = {n.rsplit(".", 1)[-1] if not n.endswith(("in_layers.2", "out_layers.3", "out.2")) else n[-12:] for n in names}
-    assert {"qkv", "proj_out", "skip_connection"} <= kinds
+    for suffix in ("in_layers.2", "out_layers.3", "skip_connection", "qkv", "proj_out"):
+        assert any(n.endswith("." + suffix) for n in names), suffix
 
 
 def test_identity_at_init_bit_for_bit_then_differs_after_one_step():
@@ -69,18 +70,50 @@ def test_identity_at_init_bit_for_bit_then_differs_after_one_step():
         g1 = generator_x0(prior, u, k_m, k_c)
     assert (g1 - reference).abs().max() > 1e-6
     remove_lora(prior.unet)
-    assert not any(isinstance(m, LoRAConv) for m in prior.unet.modules())
+    assert not lora_layers(prior.unet)
     with torch.no_grad():
         assert torch.equal(prior.x0_from_eps(u, k_c, prior.eps(u, k_m)), reference)
 
 
 def test_lora_init_is_gaussian_with_zero_B():
     prior = random_prior()
+    targets = target_names(prior.unet)
     wrapped = apply_lora(prior.unet, rank=8, seed=3)
-    a = torch.cat([m.lora_A.weight.flatten() for m in wrapped.values()])
-    assert all(torch.count_nonzero(m.lora_B.weight) == 0 for m in wrapped.values())
+    a = torch.cat([m.lora_A[ADAPTER_NAME].weight.flatten() for m in wrapped.values()])
+    assert all(torch.count_nonzero(m.lora_B[ADAPTER_NAME].weight) == 0 for m in wrapped.values())
     assert abs(a.std().item() - 1 / 8) < 0.01 and abs(a.mean().item()) < 0.01
-    assert all(m.scale == 1.0 for m in wrapped.values())  # alpha = rank
+    assert all(m.scaling[ADAPTER_NAME] == 1.0 for m in wrapped.values())  # alpha = rank
+    assert all(m.lora_dropout[ADAPTER_NAME].__class__ is torch.nn.Identity for m in wrapped.values())  # no dropout
+    assert list(wrapped) == targets
+
+
+def test_lora_is_peft_seeded_and_leaves_the_network_as_it_was():
+    """PEFT layers; A depends on `seed` only (global RNG untouched); remove_lora restores the modules, PEFT's
+    config attribute and the requires_grad flags PEFT froze; a second apply fails loudly."""
+    from peft.tuners.lora import LoraLayer
+    prior = random_prior()
+    unet = prior.unet.requires_grad_(True)
+    modules = dict(unet.named_modules())
+    rng = torch.get_rng_state()
+    first = {k: v for k, v in apply_lora(unet, rank=2, seed=7).items()}
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(isinstance(m, LoraLayer) for m in first.values())
+    assert all(not p.requires_grad for n, p in unet.named_parameters() if ".lora_" not in n)
+    state = lora_state_dict(unet)
+    with pytest.raises(ValueError, match="already carries a LoRA adapter"):
+        apply_lora(unet, rank=2)
+    remove_lora(unet)
+    assert dict(unet.named_modules()).keys() == modules.keys()
+    assert all(unet.get_submodule(n) is m for n, m in modules.items())
+    assert not hasattr(unet, "peft_config") and all(p.requires_grad for p in unet.parameters())
+    apply_lora(unet, rank=2, seed=7)
+    again = lora_state_dict(unet)
+    remove_lora(unet)
+    apply_lora(unet, rank=2, seed=8)
+    other = lora_state_dict(unet)
+    remove_lora(unet)
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    assert not all(torch.equal(state[k], other[k]) for k in state if "lora_A" in k)
 
 
 def test_weights_checksum_changes_with_weights_not_with_lora():
@@ -118,7 +151,7 @@ def test_solver_one_forward_nfe_no_backward_and_prior_restored(tmp_path):
     out = solver.solve(y, A)
     assert prior.nfe.as_dict() == {"nfe_forward": 3, "nfe_backward": 0}
     assert solver.budget() == {"nfe_forward": 1, "nfe_backward": 0}
-    assert not any(isinstance(m, LoRAConv) for m in prior.unet.modules())
+    assert not lora_layers(prior.unet)
     u = restorer_input(y, A, (3, SIZE, SIZE))
     with torch.no_grad():
         base = generator_x0(prior, u, 200, 200).clamp(-1, 1)
@@ -260,4 +293,15 @@ def test_cost_table_and_footer_show_training_of_trained_rows(tmp_path):
     cost = files["table1_cost.md"]
     assert f"- HYPIR¹, Task one: {text}" in cost and "1 / 0 NFE" in cost  # ¹: footnote of its adapter
     assert "DPS, Task one" not in cost
-    assert "HYPIR is a trained restorer (HYPIR): one adapter trained per task" in files["table1.md"]
+    assert "- HYPIR: a trained restorer, not zero-shot (HYPIR: one adapter trained per task" in files["table1.md"]
+
+
+def test_lora_on_the_real_architectures_matches_the_spec_counts():
+    """Spec hypir.md §6.3 [check]: FFHQ UNet 83 adapted layers, r=64 -> 15.43 M; ImageNet 137 layers -> 46.5 M."""
+    from priors.registry import SPECS
+    for name, layers, millions in (("ffhq256", 83, 15.43), ("imagenet256", 137, 46.51)):
+        with torch.device("meta"):
+            unet = create_unet(**SPECS[name].flags)
+        assert len(target_names(unet)) == layers
+        apply_lora(unet, 64)
+        assert round(sum(p.numel() for p in lora_parameters(unet)) / 1e6, 2) == millions, name

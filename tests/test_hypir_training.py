@@ -13,7 +13,7 @@ from bench import cli
 from bench.errors import BenchError
 from bench.train_restorer import ImageSource, RestorerTrainer, TrainConfig, run
 from priors.adm import ADMPrior, create_unet, small_config
-from priors.lora import LoRAConv
+from priors.lora import lora_layers
 from solvers.hypir import adapter_filename, read_adapter
 
 SIZE = 32
@@ -98,10 +98,12 @@ def test_written_adapter_has_metadata_and_drives_the_solver(tmp_path):
     assert meta["task"] == "sr4" and meta["prior"] == "tiny" and json.loads(meta["k_c"]) == 150
     assert json.loads(meta["steps"]) == 2 and json.loads(meta["images_seen"]) == 16 and meta["data_manifest_sha256"] == "abc"
     assert "tiny" in meta["discriminator"] and json.loads(meta["rank"]) == 4
+    import peft
+    assert meta["lora"] == f"peft {peft.__version__}"
     assert all(torch.equal(state[k], trainer.ema[k]) for k in state)
     solver = solvers.get("hypir", prior, task="sr4", adapter=str(tmp_path))
     assert solver._k == (200, 150)
-    assert not any(isinstance(m, LoRAConv) for m in prior.unet.modules())
+    assert not lora_layers(prior.unet)
 
 
 def test_cli_trains_writes_adapter_and_refuses_test_images(tmp_path, capsys, monkeypatch):

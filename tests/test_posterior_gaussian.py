@@ -37,11 +37,12 @@ def test_posterior_covariance_apply_is_the_exact_posterior_covariance():
 
 def test_oracle_samples_are_calibrated_on_prior_drawn_truths():
     """The exact sampler passes its own coverage (0.90 +- sampling error) and variance ratio 1."""
-    p = _protocol(prior_truths=40)
+    # denoising: the oracle's closed-form path (no CG), so 40 measurements stay cheap
+    p = _protocol(prior_truths=40, tasks={"denoise": {}})
     prior = pgauss.make_prior(p)
     block = pgauss.truths(p, prior)[0]
-    td = pgauss.prepare_task(p, prior, "inpaint_random", block)
-    s = pgauss.oracle_samples(prior, td.y, td.A, block.keys, 19, "oracle_sample", p, "inpaint_random")
+    td = pgauss.prepare_task(p, prior, "denoise", block)
+    s = pgauss.oracle_samples(prior, td.y, td.A, block.keys, 19, "oracle_sample", p, "denoise")
     cov = [coverage(s[i].reshape(19, -1), block.x[i].reshape(-1)) for i in range(40)]
     ratio = [variance_ratio(s[i].reshape(19, -1), td.exact_var[i].reshape(-1)) for i in range(40)]
     # 40 x 48 pixel indicators, correlated within an image: sd of the mean about 0.01-0.02

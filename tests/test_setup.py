@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import assets, lpips_weights, torchvision_shim
+from bench import assets, lpips_weights
+from common import torchvision_shim
 
 SYSTEM_TORCH = (Path(sys.prefix) / ".restorebench-system").exists()  # `make TORCH=system` venv
 

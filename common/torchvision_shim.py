@@ -6,7 +6,8 @@ have; the extension does not load, and torchvision's fake-kernel registration fo
 extension does not load we define just those two operator schemas, so the pure-torch parts of
 torchvision (models, transforms) import and work; ops that need the compiled code still raise.
 Where torchvision is absent or its extension loads (a matching CUDA torch), this is a no-op.
-Import it before anything imports torchvision (bench/__init__.py and tests/conftest.py do).
+Import it before anything imports torchvision (bench/__init__.py, tests/conftest.py and priors/lora.py, before
+`import peft`, do).
 """
 from __future__ import annotations
 
