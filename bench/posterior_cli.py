@@ -30,10 +30,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated rows to run (solver names, exact_posterior, prior_sample); default all")
     p.add_argument("--rerun", action="store_true", help="recompute the selected rows even if current")
     p.add_argument("--tables-only", action="store_true", help="rewrite the tables from the stored records")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: on the shared 2-core machine two threads ran the "
+                        "GMM maps 10-50x slower than one; use 2 or more on a machine of your own)")
     p.set_defaults(func=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {args.threads}")
+    import torch
+    torch.set_num_threads(args.threads)
     path = resolve_path(args.protocol)
     try:
         raw = yaml.safe_load(path.read_text())

@@ -441,7 +441,7 @@ def markdown(p: GMMProtocol, rows: list[dict], summary: dict[str, Any] | None = 
            f"Sliced Wasserstein (mean of 1-D W1 over {p.directions} random directions) between {p.samples} samples "
            f"of each row and {p.samples} exact posterior samples; mean ± 1.96 std/√n over {p.problems} problems "
            f"per cell. Lower is better; the exact-posterior row is the noise floor. `unsupported` / `error`: see "
-           f"the CSV's message column. NFE: network evaluations per sample.", ""]
+           f"the CSV's message column. NFE: network evaluations per sample (forward + backward).", ""]
     cell_cols = [(d, m) for d in p.dims for m in p.measurement_dims]
     for n_steps in p.steps:
         out += [f"## {n_steps} steps", "",

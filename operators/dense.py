@@ -96,9 +96,7 @@ class DenseOperator(LinearOperator):
 
     def forward(self, x: Tensor) -> Tensor:
         X = self._flat(x)
-        c = torch.einsum("pdm,bd->bm", self.param("right", X), X) if self.n_params == 1 else \
-            torch.einsum("bdm,bd->bm", self.param("right", X), X)
-        return self._apply_U(self.param("singular_values", X) * c)
+        return self._apply_U(self.param("singular_values", X) * self._apply_Vrt(X))
 
     def adjoint(self, y: Tensor) -> Tensor:
         u = self._apply_Ut(self._check_measurement(y))
@@ -129,8 +127,9 @@ class DenseOperator(LinearOperator):
     # --- helpers in the SVD basis (per image or shared) -----------------------------------------
     def _einsum(self, spec_shared: str, attr: str, v: Tensor) -> Tensor:
         mat = self.param(attr, v)
-        spec = spec_shared if self.n_params == 1 else spec_shared.replace("p", "b", 1)
-        return torch.einsum(spec, mat, v)
+        if self.n_params == 1:  # one matrix for the batch: a plain matrix product (faster than einsum)
+            return v @ (mat[0].T if _TRANSPOSED[spec_shared] else mat[0])
+        return torch.einsum(spec_shared.replace("p", "b", 1), mat, v)
 
     def _apply_U(self, u: Tensor) -> Tensor:
         return self._einsum("pij,bj->bi", "left", u)
@@ -163,6 +162,10 @@ def _wy_factor(Y: Tensor, tau: Tensor) -> Tensor:
             yy = torch.einsum("pdk,pd->pk", Y[:, :, :i], Y[:, :, i])  # Y[:, :i]^T y_i
             T[:, :i, i] = -tau[:, i:i + 1] * torch.einsum("pjk,pk->pj", T[:, :i, :i], yy)
     return T
+
+
+#: einsum spec of a shared (P = 1) matrix M applied to rows v -> whether it is v @ M^T (else v @ M)
+_TRANSPOSED = {"pdm,bd->bm": False, "pdm,bm->bd": True, "pij,bj->bi": True, "pji,bj->bi": False}
 
 
 def _batched(t: Tensor, ndim: int, what: str) -> Tensor:

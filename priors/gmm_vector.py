@@ -11,7 +11,7 @@ second code path in each. Operators flatten with `x.reshape(B, -1)` (operators/d
 
 Data range: `data_range = None`. The image priors declare [-1, 1], and solvers clip their x0 estimates and
 outputs to the prior's range (priors/base.py, solvers/base.py); the mixture's means reach +-16, so nothing
-is clipped here (the MCGdiff code clips nothing either).
+is clipped here (the spec's update formulas, §5, clip nothing either).
 
 Closed forms (all exact; r = rank of the means, at most K; Q = an orthonormal basis of their span):
 * denoiser at VE noise sigma (x = x0 + sigma n): responsibilities

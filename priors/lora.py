@@ -73,6 +73,14 @@ def apply_lora(unet: nn.Module, rank: int, alpha: float | None = None, targets: 
 
     alpha defaults to rank (scale 1, as HYPIR). A is drawn from the CPU generator seeded with `seed`, layer by
     layer in module order (the global RNG state is left as it was), so the initial adapter is reproducible."""
+    return _inject(unet, rank, alpha, targets, seed, empty=False)
+
+
+def _inject(unet: nn.Module, rank: int, alpha: float | None, targets: tuple[str, ...], seed: int,
+            empty: bool) -> dict[str, nn.Module]:
+    """apply_lora; `empty`: PEFT creates the adapter weights on the meta device (low_cpu_mem_usage), and they are
+    then allocated uninitialised, in float32, on their base layer's device, to be filled by `load_lora_state`:
+    no random initialisation and no host-device copy."""
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     if lora_layers(unet):
@@ -87,8 +95,18 @@ def apply_lora(unet: nn.Module, rank: int, alpha: float | None = None, targets: 
     unet.__dict__[_FLAGS] = [(p, p.requires_grad) for p in unet.parameters()]
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        peft.inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)
-    return lora_layers(unet)
+        peft.inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME, low_cpu_mem_usage=empty)
+    layers = lora_layers(unet)
+    if empty:
+        for layer in layers.values():
+            device = layer.get_base_layer().weight.device
+            for adapter in (layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]):
+                adapter.to_empty(device=device).float()
+    else:  # PEFT gave the adapters of float16/bfloat16 base layers their dtype: float32, as get_peft_model does
+        for p in lora_parameters(unet):
+            if p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
+    return layers
 
 
 def remove_lora(unet: nn.Module) -> None:
@@ -143,9 +161,10 @@ def adapter_rank(state: Mapping[str, Tensor]) -> int:
 def lora_applied(unet: nn.Module, state: Mapping[str, Tensor], alpha: float | None = None,
                  targets: tuple[str, ...] = ADM_TARGETS) -> Iterator[nn.Module]:
     """Within the block, `unet` runs with the adapter `state` (rank read from it); the original modules are
-    restored afterwards, also on error. The adapter layers are frozen (inference)."""
+    restored afterwards, also on error. The adapter layers are frozen (inference). They are injected empty and
+    filled from `state` (no per-call random initialisation; no host-device copy when `state` is on the device)."""
     rank = adapter_rank(state)
-    apply_lora(unet, rank, alpha, targets)
+    _inject(unet, rank, alpha, targets, seed=0, empty=True)
     try:
         load_lora_state(unet, state)
         for p in lora_parameters(unet):

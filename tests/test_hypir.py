@@ -116,6 +116,33 @@ def test_lora_is_peft_seeded_and_leaves_the_network_as_it_was():
     assert not all(torch.equal(state[k], other[k]) for k in state if "lora_A" in k)
 
 
+@pytest.mark.parametrize("fp16", [False, True])
+def test_lora_applied_equals_apply_then_load_with_float32_adapters(fp16):
+    """The solver's path (layers injected empty, filled from the state) gives exactly the output of apply_lora +
+    load_lora_state; on guided-diffusion's float16 torso the adapters stay float32 and init is still identity."""
+    from priors.lora import load_lora_state, lora_applied
+    prior = random_prior()
+    if fp16:
+        prior.unet.convert_to_fp16()
+    x = images(2)
+    with torch.no_grad():
+        reference = prior.eps(x, 100)
+        apply_lora(prior.unet, rank=4)
+        assert {p.dtype for p in lora_parameters(prior.unet)} == {torch.float32}
+        assert torch.equal(prior.eps(x, 100), reference)
+        state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) * 0.01
+                 for k, v in lora_state_dict(prior.unet).items()}
+        load_lora_state(prior.unet, state)
+        adapted = prior.eps(x, 100)
+        remove_lora(prior.unet)
+        with lora_applied(prior.unet, state):
+            assert {p.dtype for p in lora_parameters(prior.unet)} == {torch.float32}
+            assert not any(p.requires_grad for p in lora_parameters(prior.unet))
+            assert torch.equal(prior.eps(x, 100), adapted)
+        assert not lora_layers(prior.unet) and not torch.equal(adapted, reference)
+        assert torch.equal(prior.eps(x, 100), reference)
+
+
 def test_weights_checksum_changes_with_weights_not_with_lora():
     prior = random_prior()
     before = weights_sha256(prior.unet)

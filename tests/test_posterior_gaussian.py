@@ -15,6 +15,15 @@ from bench.store import load_records
 from priors.gaussian import embedded
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as `bench posterior` uses by default (two are far slower on a shared machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 def _protocol(**kw) -> pgauss.GaussianProtocol:
     raw = {"name": "t", "image_size": 4, "samples": 19, "prior_truths": 2, "directions": 20, "demo": None,
            "tasks": {"inpaint_random": {"params": {"p_range": [0.5, 0.5]}}}, **kw}

@@ -13,6 +13,15 @@ from priors.explicit_schedule import ExplicitSchedule, adapted_timesteps, mcgdif
 from priors.gmm import GMMPrior
 from priors.gmm_vector import VectorGMMPrior
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as `bench posterior` uses by default (two are far slower on a shared machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 SPEC_20 = [0, 6, 13, 20, 28, 36, 45, 55, 66, 78, 92, 108, 127, 151, 182, 226, 299, 510, 755, 999]
 SPEC_100 = (list(range(0, 65, 2)) + list(range(67, 104, 3)) + list(range(107, 132, 4))
             + [136, 141, 146, 151, 156, 162, 168, 174, 181, 188, 196, 204, 213, 223, 233, 244, 257, 271, 287, 306,
