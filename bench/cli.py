@@ -24,6 +24,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BenchError
 from bench.store import RERUN_CHOICES
@@ -112,9 +113,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_table(args: argparse.Namespace) -> int:
-    from bench import grids, store, tables
-    from bench import protocol as proto
+def stored_results(args: argparse.Namespace) -> tuple[Any, Path, list[dict], Any]:
+    """(protocol, results folder, every stored record, the runner's row selection) for commands that read a
+    finished run (`table`, `report`); one-line errors for a missing folder or an empty store."""
+    from bench import store
     from bench.runner import Runner
     from bench.results_folder import check_results_dir
     p = load_protocol(args)
@@ -122,7 +124,13 @@ def cmd_table(args: argparse.Namespace) -> int:
     records = store.load_records(out, all_versions=True)
     if not records:
         raise BenchError(f"no records in {out}/records; run `python -m bench run --protocol {args.protocol}` first")
-    selection = Runner(p, out, device="cpu", progress=False, log=lambda m: None).selection()
+    return p, out, records, Runner(p, out, device="cpu", progress=False, log=lambda m: None).selection()
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from bench import grids, store, tables
+    from bench import protocol as proto
+    p, out, records, selection = stored_results(args)
     layout = tables.Layout.from_protocol(p)
     ref = proto.repo_path(p.reference) if p.reference else None
     files = tables.write(records, store.load_configs(out), out, p.name, layout, ref, p.description,

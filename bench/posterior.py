@@ -49,6 +49,7 @@ from bench import data as bench_data
 from bench import seeding
 from bench.errors import BenchError
 from bench.fingerprint import fingerprint
+from bench.posterior_protocol import protocol_fields
 from bench.posterior_metrics import (coverage, mean_ci95, mean_error, mmse_gap_db, random_directions,
                                      sliced_wasserstein, variance_ratio)
 from bench.protocol import DatasetSpec
@@ -86,21 +87,7 @@ class GaussianProtocol:
 
 
 def parse_protocol(raw: dict, source: str, smoke: bool = False) -> GaussianProtocol:
-    if not isinstance(raw, dict):
-        raise BenchError(f"{source}: expected a mapping of protocol keys")
-    unknown = sorted(set(raw) - KEYS)
-    if unknown:
-        raise BenchError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KEYS))}")
-    data = {k: v for k, v in raw.items() if k != "smoke"}
-    data.setdefault("name", "posterior-gaussian")
-    if smoke:
-        extra = raw.get("smoke") or {}
-        bad = sorted(set(extra) - KEYS)
-        if bad:
-            raise BenchError(f"{source}: unknown key(s) in smoke: {', '.join(bad)}")
-        data.update(extra)
-        data["name"] = f"{data['name']}-smoke"
-        data["smoke"] = True
+    data = protocol_fields(raw, source, KEYS, "posterior-gaussian", smoke)
     p = GaussianProtocol(**data)
     if (p.samples + 1) % 20:
         raise BenchError(f"{source}: samples must be 19, 39, 59, ... (K + 1 a multiple of 20 gives an exact 90 % "

@@ -55,6 +55,7 @@ import solvers as solver_pkg
 from solvers.base import resolve_config, solver_class
 from bench.errors import BenchError
 from bench.fingerprint import fingerprint
+from bench.posterior_protocol import protocol_fields
 from bench.posterior_metrics import mean_ci, random_directions, sliced_wasserstein
 from bench.seeding import stream_seed
 from bench.store import Store, load_records, writer_name
@@ -95,22 +96,8 @@ class GMMProtocol:
 
 
 def parse_protocol(raw: dict, source: str, smoke: bool = False) -> GMMProtocol:
-    if not isinstance(raw, dict):
-        raise BenchError(f"{source}: expected a mapping of protocol keys")
-    unknown = sorted(set(raw) - PROTOCOL_KEYS)
-    if unknown:
-        raise BenchError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(PROTOCOL_KEYS))}")
-    data = {k: v for k, v in raw.items() if k != "smoke"}
-    data.setdefault("name", "posterior-gmm")
-    if smoke:
-        extra = raw.get("smoke") or {}
-        bad = sorted(set(extra) - PROTOCOL_KEYS)
-        if bad:
-            raise BenchError(f"{source}: unknown key(s) in smoke: {', '.join(bad)}")
-        data.update(extra)
-        data["name"] = f"{raw.get('name', 'posterior-gmm')}-smoke"
-        data["smoke"] = True
-    p = GMMProtocol(**{k: v for k, v in data.items()})
+    data = protocol_fields(raw, source, PROTOCOL_KEYS, "posterior-gmm", smoke)
+    p = GMMProtocol(**data)
     if any(d < 2 or d % 2 for d in p.dims):
         raise BenchError(f"{source}: dims must be even numbers >= 2 (the 2-D grid is tiled), got {p.dims}")
     if any(m < 1 or m > min(p.dims) for m in p.measurement_dims):

@@ -5,7 +5,6 @@ import argparse
 import os
 from pathlib import Path
 
-from bench.errors import BenchError
 
 EXAMPLES = """examples:
   python -m bench report --protocol demo --results results/demo-local   # then open .../report/index.html
@@ -28,15 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     from bench import report, store, tables
-    from bench.cli import load_protocol, results_dir
-    from bench.results_folder import check_results_dir
-    from bench.runner import Runner
-    p = load_protocol(args)
-    out = check_results_dir(results_dir(p.name, args.results), create=False)
-    records = store.load_records(out, all_versions=True)
-    if not records:
-        raise BenchError(f"no records in {out}/records; run `python -m bench run --protocol {args.protocol}` first")
-    selection = Runner(p, out, device="cpu", progress=False, log=lambda m: None).selection()
+    from bench.cli import stored_results
+    p, out, records, selection = stored_results(args)
     path = report.build(out, records, store.load_configs(out), tables.Layout.from_protocol(p),
                         f"{p.name}: {p.description}" if p.description else p.name,
                         selection=selection.cells or None,

@@ -20,7 +20,6 @@ quality-vs-cost figures of `bench table` (bench/figures.py) show the curve.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math

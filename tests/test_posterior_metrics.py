@@ -35,7 +35,7 @@ def test_interval_rank_needs_K_plus_1_multiple_of_20():
 
 def test_exact_sampler_has_its_own_coverage_variance_ratio_one_and_zero_mmse_gap():
     problems, g = _gaussian_problems(300)
-    cov, ratio, gap = [], [], []
+    cov, ratio = [], []
     for post, x in problems:
         s = post.samples(K, g)[0]
         cov.append(pm.coverage(s, x))

@@ -232,7 +232,7 @@ def test_mcg_guidance_is_the_gradient_of_each_images_own_norm():
     At the first step x is each image's start noise, so image 0's gradient in a batch of 2 must equal its
     gradient alone; the whole-batch norm would scale it by ||r_0|| / ||r|| (< 1 here) instead."""
     prob = problem("inpaint_random")
-    grads, residuals = {}, {}
+    grads = {}
     for batch in (1, 2):
         solver = solvers.get("mcg", prior(), task="inpaint_random", num_steps=2)
         seen: list[torch.Tensor] = []
