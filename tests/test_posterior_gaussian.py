@@ -16,13 +16,7 @@ from priors.gaussian import embedded
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as `bench posterior` uses by default (two are far slower on a shared machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _protocol(**kw) -> pgauss.GaussianProtocol:
     raw = {"name": "t", "image_size": 4, "samples": 19, "prior_truths": 2, "directions": 20, "demo": None,

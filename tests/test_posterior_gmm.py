@@ -14,13 +14,7 @@ from priors.gmm import GMMPrior
 from priors.gmm_vector import VectorGMMPrior
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as `bench posterior` uses by default (two are far slower on a shared machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC_20 = [0, 6, 13, 20, 28, 36, 45, 55, 66, 78, 92, 108, 127, 151, 182, 226, 299, 510, 755, 999]
 SPEC_100 = (list(range(0, 65, 2)) + list(range(67, 104, 3)) + list(range(107, 132, 4))

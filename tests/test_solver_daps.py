@@ -27,12 +27,7 @@ from solvers.daps import annealing_sigmas, data_gradient, langevin_step_size, od
 from test_solver_spgd import gaussian_problem, prior_of_size, run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_annealing_grid_matches_the_official_values():

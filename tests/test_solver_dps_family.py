@@ -67,12 +67,7 @@ BOUNDS = {
 WORSE_THAN_TRIVIAL = {(s, "deblur_motion") for s in ("mcg", "scoresde")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread start-up dominates and oversubscribes 2 cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=1)
