@@ -5,7 +5,7 @@
 # TORCH=system reuse the torch (e.g. your CUDA build) already installed for $(PY): the venv sees the
 #              system site-packages and pip is pinned to that exact torch/torchvision version.
 PY     ?= python3
-DEMO_SWEEP_OTHERS ?= pnp_admm,pnp_admm_dncnn,mcg,ddrm,dps,diffpir,reddiff,spgd,dcdp,ddnm,pigdm,daps
+DEMO_SWEEP_OTHERS ?= pnp_admm,pnp_admm_dncnn,mcg,ddrm,dps,diffpir,reddiff,spgd,dcdp,ddnm,pigdm,daps,scoresde
 VENV   ?= .venv
 TORCH  ?= cpu
 PYTEST_ARGS ?=
