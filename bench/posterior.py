@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 import operators
 import solvers as solver_pkg
@@ -96,14 +95,6 @@ def parse_protocol(raw: dict, source: str, smoke: bool = False) -> GaussianProto
         if t not in operators.names():
             raise BenchError(f"{source}: unknown task {t!r}; available: {', '.join(operators.names())}")
     return p
-
-
-def load_protocol(path: Path, smoke: bool = False) -> GaussianProtocol:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise BenchError(f"protocol {path}: cannot be read ({' '.join(str(err).split())})") from None
-    return parse_protocol(raw, str(path), smoke=smoke)
 
 
 def make_prior(p: GaussianProtocol) -> GaussianPrior:

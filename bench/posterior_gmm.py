@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 import solvers as solver_pkg
 from solvers.base import resolve_config, solver_class
@@ -489,9 +488,3 @@ def metric_card(p: GMMProtocol) -> dict[str, str]:
     }
 
 
-def load_protocol(path: Path, smoke: bool = False) -> GMMProtocol:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise BenchError(f"protocol {path}: cannot be read ({' '.join(str(err).split())})") from None
-    return parse_protocol(raw, str(path), smoke=smoke)

@@ -94,10 +94,14 @@ def _chromium() -> tuple[str, str] | None:
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
     found = _chromium()
-    if found is None:
-        message = "chromium / chromedriver not installed: run tests/setup_browser.sh (make test does)"
+    if webdriver is None or found is None:
+        message = ("selenium not installed (it is in the test extra: make test installs it)" if webdriver is None else
+                   "chromium / chromedriver not installed: run tests/setup_browser.sh (make test does)")
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
