@@ -13,13 +13,12 @@ import pytest
 import torch
 
 import operators
-import solvers
 from bench import seeding
 from bench.device_audit import builtin_solvers, AuditNetPrior, DeviceAudit, audit_operator, audit_prior, audit_solve, read_budget, table1_pairs
 from operators.linalg import cg_prox, conjugate_gradient
 from operators.noise import draw_device, randn_per_image
 from solvers import ddpm_steps as dd
-from solvers.base import RNG, Solver, SolverDiverged
+from solvers.base import Solver, SolverDiverged
 
 # more steps than the smoke settings where those have fewer than 10 (so a per-step read exceeds the budget)
 STEPS = {"ddrm": {"num_steps": 12}, "diffpir": {"num_steps": 12}, "pnp_admm": {"iterations": 12},

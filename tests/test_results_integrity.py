@@ -265,7 +265,7 @@ def test_out_of_memory_at_batch_1_is_an_error_record_and_the_run_goes_on(tmp_pat
 
 def test_writer_files_are_unique_per_process(tmp_path):
     from bench.store import writer_name
-    a, b = writer_name(0), writer_name(0)
+    a = writer_name(0)
     assert a.startswith("rank0-") and str(__import__("os").getpid()) in a
     proto = protocol(tmp_path, tasks=ONE_TASK, count=2)
     res = tmp_path / "res"

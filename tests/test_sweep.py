@@ -12,7 +12,7 @@ from bench import splits, store, sweep, tables, tuning
 from bench.errors import BenchError
 from bench.protocol import load
 from bench.runner import Runner
-from bench.search_space import Dimension, parse, search_space
+from bench.search_space import parse, search_space
 from test_bench_fakes import BenchFakeSolver, protocol
 
 ONE_TASK = {"inpaint_random": {"label": "Inpaint", "params": {"p_range": [0.8, 0.8]}}}
