@@ -53,6 +53,7 @@ from bench.posterior_metrics import (coverage, mean_ci95, mean_error, mmse_gap_d
                                      sliced_wasserstein, variance_ratio)
 from bench.protocol import DatasetSpec
 from bench.store import Store, load_records, writer_name
+from common.fileio import atomic_write_text
 from operators.base import OperatorError
 from priors.gaussian import GaussianPrior, embedded
 from solvers.base import Solver, SolverDiverged, SolverError, UnsupportedTask, solver_class
@@ -400,7 +401,8 @@ def metric_card(p: GaussianProtocol) -> dict[str, str]:
 
 
 def write_tables(p: GaussianProtocol, out_dir: Path, summary: dict | None = None) -> list[dict]:
-    records = [r for r in load_records(out_dir) if r.get("protocol") == p.name]
+    # rows the protocol now excludes are not shown, even if records of an earlier run are stored
+    records = [r for r in load_records(out_dir) if r.get("protocol") == p.name and r.get("solver") not in p.exclude]
     rows = summarise(p, records)
     cols = ["block", "task", "solver", "status", "n", "nfe", "seconds_per_measurement"] + \
         [c for m in METRICS for c in (m, f"{m}_ci95")] + ["message"]
@@ -408,11 +410,11 @@ def write_tables(p: GaussianProtocol, out_dir: Path, summary: dict | None = None
     for r in rows:
         lines.append(",".join(_csv(r[c]) for c in cols))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "posterior_gaussian.csv").write_text("\n".join(lines) + "\n")
-    (out_dir / "posterior_gaussian.md").write_text(markdown(p, rows, summary))
-    (out_dir / "metric_card.json").write_text(json.dumps(metric_card(p), indent=2) + "\n")
+    atomic_write_text(out_dir / "posterior_gaussian.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "posterior_gaussian.md", markdown(p, rows, summary))
+    atomic_write_text(out_dir / "metric_card.json", json.dumps(metric_card(p), indent=2) + "\n")
     if summary is not None:
-        (out_dir / "timing.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out_dir / "timing.json", json.dumps(summary, indent=2) + "\n")
     return rows
 
 

@@ -70,6 +70,11 @@ def test_run_writes_tables_with_reference_rows_and_is_incremental(tmp_path):
     log = []
     pgauss.run(p, tmp_path, only=["exact_posterior", "prior_sample", "ddrm"], log=log.append)
     assert log == []
+    # a row the protocol excludes later leaves the tables, though its records stay stored
+    p.exclude = [*p.exclude, "ddrm"]
+    pgauss.write_tables(p, tmp_path)
+    assert "| ddrm |" not in (tmp_path / "posterior_gaussian.md").read_text()
+    assert ",ddrm," not in (tmp_path / "posterior_gaussian.csv").read_text() and len(load_records(tmp_path)) == 6
 
 
 def test_bad_protocols_are_one_line_errors():

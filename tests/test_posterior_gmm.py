@@ -1,4 +1,5 @@
 """The GMM posterior benchmark (bench/posterior_gmm.py, spec gmm-benchmark.md Variant M) and its prior."""
+import json
 import math
 
 import pytest
@@ -129,3 +130,33 @@ def test_smoke_protocol_every_solver_has_a_row_and_reruns_are_incremental(tmp_pa
     pg.run(p, tmp_path, only=["ddrm"], rerun=True, log=log.append)
     assert len(log) == 1 and "ddrm" in log[0]
     assert math.isfinite(rows["ddrm"]["sw_mean"])
+
+
+def test_share_rows_balances_recorded_seconds():
+    from bench.posterior_cli import share_rows
+
+    groups = share_rows(["a", "b", "c", "d", "e"], {"a": 10.0, "b": 6.0, "c": 4.0, "d": 1.0}, 2)
+    assert sorted(sum(groups, [])) == ["a", "b", "c", "d", "e"]  # every row exactly once
+    assert groups == [["a", "c"], ["b", "e", "d"]]  # e weighs the median (6): loads 14 and 13
+    assert share_rows(["a", "b"], {}, 8) == [["a"], ["b"]]  # never more jobs than rows
+
+
+def test_jobs_give_the_same_table_as_one_process(tmp_path):
+    from bench.cli import main as cli_main
+
+    raw = yaml.safe_load(open("bench/protocols/posterior-gmm.yaml"))
+    raw.update(dims=[8], measurement_dims=[2], problems=2, steps=[20], samples=200, directions=50)
+    proto = tmp_path / "gmm-small.yaml"
+    proto.write_text(yaml.safe_dump(raw))
+    rows = "exact_posterior,prior_sample,dps,ddrm"
+    for jobs, out in ((2, tmp_path / "two"), (1, tmp_path / "one")):
+        args = ["posterior", "--protocol", str(proto), "--out", str(out), "--solvers", rows, "--jobs", str(jobs)]
+        assert cli_main(args) == 0
+    two = (tmp_path / "two" / "posterior_gmm.csv").read_text().splitlines()
+    one = (tmp_path / "one" / "posterior_gmm.csv").read_text().splitlines()
+    sw = lambda lines: [line.split(",")[:8] for line in lines]  # noqa: E731  (cell, solver, status, SW, n)
+    assert sw(two) == sw(one) and len(two) == 1 + 4
+    timing = json.loads((tmp_path / "two" / "timing.json").read_text())["last_run"]
+    assert timing["jobs"] == 2 and sorted(sum(timing["rows_per_job"], [])) == sorted(rows.split(","))
+    assert sorted(timing["seconds_by_solver_this_run"]) == sorted(["(exact posterior references)", *rows.split(",")])
+    assert not list((tmp_path / "two").glob(".job*"))  # the workers' timing files are merged and removed
