@@ -95,6 +95,11 @@ def parse_protocol(raw: dict, source: str, smoke: bool = False) -> GaussianProto
     for t in p.tasks:
         if t not in operators.names():
             raise BenchError(f"{source}: unknown task {t!r}; available: {', '.join(operators.names())}")
+        try:  # an operator that cannot be built fails here, in one line, not after the first tasks have run
+            operators.get(t, image_shape=(3, p.image_size, p.image_size), sigma_y=p.sigma_y, seeds=[0],
+                          **((p.tasks[t] or {}).get("params") or {}))
+        except (operators.OperatorError, TypeError, ValueError) as err:
+            raise BenchError(f"{source}: tasks.{t}: {' '.join(str(err).split())}") from None
     return p
 
 

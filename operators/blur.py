@@ -297,6 +297,10 @@ class DeblurMotion(KernelBlur):
 
     kernel_draw: which kernel after seeding is used (1-based). The reference operator uses the 2nd
     (default); DiffPIR-style "kernel right after the seed" is kernel_draw=1.
+    resize: None (the reference operator) or an odd size N: the reference kernel (kernel_size >= 54, so that its
+    line is drawn at all) is area-resampled to N x N and renormalised to sum 1. For images too small to be
+    reflect-padded by a >= 54-pixel kernel (the 16x16 posterior tables, bench/protocols/posterior-gaussian.yaml);
+    not the operator of any paper, and named in `describe()` whenever it is used.
     """
 
     name = "deblur_motion"
@@ -304,9 +308,12 @@ class DeblurMotion(KernelBlur):
     def __init__(self, image_shape: Sequence[int] = (3, 256, 256), sigma_y: float = 0.0,
                  seeds: Sequence[int] | None = None, shared_params: bool = False,
                  kernel_size: int = 61, intensity: float = 0.5, kernel_draw: int = REFERENCE_DRAW,
-                 prox_method: str = "fft", pinv_threshold: float = DDRM_ZERO) -> None:
+                 prox_method: str = "fft", pinv_threshold: float = DDRM_ZERO, resize: int | None = None) -> None:
         super().__init__(image_shape, sigma_y, seeds, shared_params)
-        self._check_geometry(kernel_size)
+        if resize is not None and not (isinstance(resize, int) and 1 <= resize < kernel_size):
+            raise OperatorError(f"{self.name}: resize must be an odd kernel size below kernel_size {kernel_size} "
+                                f"(or null for the reference kernel), got {resize!r}")
+        self._check_geometry(kernel_size if resize is None else resize)
         if pinv_threshold <= 0:
             raise OperatorError(f"{self.name}: pinv_threshold must be > 0 (singular values |K(f)| below it are "
                                 f"treated as zero; DDRM's 3e-2 by default), got {pinv_threshold}")
@@ -321,7 +328,12 @@ class DeblurMotion(KernelBlur):
         self._set_prox_method(prox_method)
         self.intensity, self.kernel_draw = float(intensity), int(kernel_draw)
         kernels = [motion_kernel_from_seed(s, kernel_size, self.intensity, self.kernel_draw) for s in self.param_seeds]
-        self.kernel = torch.from_numpy(np.stack(kernels)).to(torch.float64)
+        kernel = torch.from_numpy(np.stack(kernels)).to(torch.float64)
+        if resize is not None:  # area resampling (mean over each output pixel's footprint), then sum 1
+            kernel = torch.nn.functional.interpolate(kernel[:, None], size=(resize, resize), mode="area")[:, 0]
+            kernel = kernel / kernel.sum((-2, -1), keepdim=True)
+        self.resize, self._drawn_size = resize, kernel_size
+        self.kernel = kernel
 
     def pinv(self, y: Tensor) -> Tensor:
         """Truncated-spectrum pseudo-inverse of the circular model (`pinv_circular` at `pinv_threshold`).
@@ -342,8 +354,11 @@ class DeblurMotion(KernelBlur):
                             "(DDRM-type solvers cannot run it; SPGD Table 1 has '-' there)")
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "intensity": self.intensity, "kernel_draw": self.kernel_draw,
-                "pinv": "truncated spectrum of the circular model", "pinv_threshold": self.pinv_threshold}
+        out = {**super().describe(), "intensity": self.intensity, "kernel_draw": self.kernel_draw,
+               "pinv": "truncated spectrum of the circular model", "pinv_threshold": self.pinv_threshold}
+        if self.resize is not None:
+            out["kernel"] = f"reference {self._drawn_size}x{self._drawn_size} kernel area-resampled to {self.resize}"
+        return out
 
 
 class DeblurGaussian(SeparableOperator, KernelBlur):

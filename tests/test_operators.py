@@ -324,3 +324,20 @@ def test_phase_retrieval_and_hdr():
     torch.testing.assert_close(build("phase_retrieval", variant="spgd")(x), A(x / 2 + 0.5))
     torch.testing.assert_close(build("hdr")(x), torch.clamp(2 * x, -1, 1))
     assert not A.is_linear and not build("hdr").is_linear
+
+
+def test_motion_kernel_resize_is_the_area_mean_of_the_reference_kernel():
+    ref = operators.get("deblur_motion", image_shape=(3, 64, 64), seeds=[7, 8]).kernel  # 61 x 61
+    small = operators.get("deblur_motion", image_shape=(3, 16, 16), seeds=[7, 8], resize=9)
+    assert small.kernel.shape == (2, 9, 9) and torch.allclose(small.kernel.sum((-2, -1)), torch.ones(2, dtype=torch.float64))
+    # each output pixel is the mean of the 61/9-wide footprint it covers (adaptive average pooling), renormalised
+    pooled = torch.nn.functional.adaptive_avg_pool2d(ref[:, None], 9)[:, 0]
+    assert torch.allclose(small.kernel, pooled / pooled.sum((-2, -1), keepdim=True), atol=1e-12)
+    assert "area-resampled to 9" in small.describe()["kernel"] and "kernel" not in operators.get(
+        "deblur_motion", image_shape=(3, 64, 64), seeds=[7]).describe()
+    x, y = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    assert torch.allclose((small.forward(x) * y).sum(), (x * small.adjoint(y)).sum())  # <A x, y> = <x, A^T y>
+    with pytest.raises(operators.OperatorError, match="resize must be"):
+        operators.get("deblur_motion", image_shape=(3, 16, 16), seeds=[7], resize=61)
+    with pytest.raises(operators.OperatorError, match="reflection padding"):
+        operators.get("deblur_motion", image_shape=(3, 16, 16), seeds=[7])  # the 61-px reference kernel does not fit

@@ -96,3 +96,8 @@ def test_protocol_files_parse_in_both_sizes():
         g = pgauss.parse_protocol(yaml.safe_load(open("bench/protocols/posterior-gaussian.yaml")), "g", smoke)
         assert g.samples == 19 and set(g.tasks) <= set(operators.names())
     assert math.isfinite(float(g.sigma_y))
+
+
+def test_operators_that_cannot_be_built_fail_at_parse_time():
+    with pytest.raises(BenchError, match="tasks.deblur_motion: deblur_motion: kernel_size must be >= 54"):
+        _protocol(image_size=16, tasks={"deblur_motion": {"params": {"kernel_size": 9, "intensity": 0.5}}})
