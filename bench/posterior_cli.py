@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from bench.errors import BenchError
-from common.fileio import atomic_write
 from bench.protocol import REPO_ROOT, resolve_path
 from bench.store import load_records
+from common.fileio import atomic_write
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
