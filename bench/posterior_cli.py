@@ -90,15 +90,17 @@ def run_jobs(args: argparse.Namespace, path: Path, module: Any, proto: Any, out:
         procs.append(subprocess.Popen(cmd))
     codes = [proc.wait() for proc in procs]
     wall = time.perf_counter() - start
-    by_row: dict[str, float] = {}
+    merged: dict[str, dict[str, float]] = {}  # the workers' per-row seconds, under the key their module uses
     for f in files:
         if f.exists():
-            for k, v in json.loads(f.read_text()).get("seconds_by_solver_this_run", {}).items():
-                by_row[k] = round(by_row.get(k, 0.0) + v, 1)
+            for key, value in json.loads(f.read_text()).items():
+                if key.startswith("seconds_by_") and isinstance(value, dict):
+                    for k, v in value.items():
+                        merged.setdefault(key, {})[k] = round(merged.get(key, {}).get(k, 0.0) + v, 1)
             f.unlink()
     module.write_tables(proto, out, {"protocol": proto.name, "seconds_this_run": round(wall, 1),
                                      "threads": f"{len(groups)} jobs x {args.threads}",
-                                     "seconds_by_solver_this_run": dict(sorted(by_row.items())),
+                                     **{k: dict(sorted(v.items())) for k, v in merged.items()},
                                      "jobs": len(groups), "rows_per_job": groups})
     failed = [f"job {i + 1} ({', '.join(g)}) exited with {c}" for i, (g, c) in enumerate(zip(groups, codes)) if c]
     print(f"done in {wall:.1f} s with {len(groups)} jobs" + (f"; {'; '.join(failed)}" if failed else ""))
