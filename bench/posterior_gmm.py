@@ -58,6 +58,7 @@ from bench.posterior_protocol import protocol_fields
 from bench.posterior_metrics import mean_ci, random_directions, sliced_wasserstein
 from bench.seeding import stream_seed
 from bench.store import Store, load_records, writer_name
+from common.fileio import atomic_write_text
 from operators.base import OperatorError
 from operators.dense import DenseOperator
 from priors.explicit_schedule import ExplicitSchedule, adapted_timesteps, mcgdiff_gmm_schedule
@@ -390,7 +391,9 @@ def summarise(p: GMMProtocol, records: list[dict]) -> list[dict]:
 
 
 def write_tables(p: GMMProtocol, out_dir: Path, summary: dict[str, Any] | None = None) -> list[dict]:
-    records = [r for r in load_records(out_dir) if r.get("config", {}).get("protocol") == p.name]
+    # rows the protocol now excludes are not shown, even if records of an earlier run are stored
+    records = [r for r in load_records(out_dir)
+               if r.get("config", {}).get("protocol") == p.name and r.get("solver") not in p.exclude]
     rows = summarise(p, records)
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["n_steps", "d", "d_y", "solver", "status", "sw_mean", "sw_ci", "n", "n_ok", "nfe_forward",
@@ -398,13 +401,13 @@ def write_tables(p: GMMProtocol, out_dir: Path, summary: dict[str, Any] | None =
     lines = [",".join(cols)]
     for r in rows:
         lines.append(",".join(_csv(r[c]) for c in cols))
-    (out_dir / "posterior_gmm.csv").write_text("\n".join(lines) + "\n")
-    (out_dir / "posterior_gmm.md").write_text(markdown(p, rows, summary))
-    (out_dir / "metric_card.json").write_text(json.dumps(metric_card(p), indent=2) + "\n")
+    atomic_write_text(out_dir / "posterior_gmm.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "posterior_gmm.md", markdown(p, rows, summary))
+    atomic_write_text(out_dir / "metric_card.json", json.dumps(metric_card(p), indent=2) + "\n")
     if summary is not None:
         timing = {"last_run": summary, "total_seconds_in_records": round(sum(r["seconds"] for r in records), 1),
                   "seconds_by_solver_in_records": _seconds_by_solver(records)}
-        (out_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        atomic_write_text(out_dir / "timing.json", json.dumps(timing, indent=2) + "\n")
     return rows
 
 

@@ -160,3 +160,16 @@ def test_jobs_give_the_same_table_as_one_process(tmp_path):
     assert timing["jobs"] == 2 and sorted(sum(timing["rows_per_job"], [])) == sorted(rows.split(","))
     assert sorted(timing["seconds_by_solver_this_run"]) == sorted(["(exact posterior references)", *rows.split(",")])
     assert not list((tmp_path / "two").glob(".job*"))  # the workers' timing files are merged and removed
+
+
+def test_tables_leave_out_rows_the_protocol_now_excludes(tmp_path):
+    raw = yaml.safe_load(open("bench/protocols/posterior-gmm.yaml"))
+    p = pg.parse_protocol(raw, "posterior-gmm.yaml", smoke=True)
+    p.measurement_dims, p.samples, p.directions = [1], 100, 20
+    pg.run(p, tmp_path, only=["exact_posterior", "ddrm"], log=lambda s: None)
+    assert "| ddrm |" in (tmp_path / "posterior_gmm.md").read_text()
+    p.exclude = [*p.exclude, "ddrm"]
+    pg.write_tables(p, tmp_path)
+    assert "| ddrm |" not in (tmp_path / "posterior_gmm.md").read_text()
+    assert ",ddrm," not in (tmp_path / "posterior_gmm.csv").read_text()
+    assert {r["solver"] for r in load_records(tmp_path)} == {"exact_posterior", "ddrm"}  # records stay stored
