@@ -44,6 +44,7 @@ import yaml
 
 import solvers
 from bench import seeding
+from bench.runner import apply_speed_flags
 from benchmarks.clocks import peak_memory, timed
 from benchmarks.workload import ROOT, SIGMA_Y, TASK_PARAMS, NetworkTimer, build_prior
 from priors.adm import create_unet, small_config
@@ -79,18 +80,14 @@ class Report:
             self.add(name, status="done", seconds=round(time.perf_counter() - start, 1))
         except Exception as err:  # noqa: BLE001 - a failing section is reported and the next one runs
             self.add(name, status=f"failed: {type(err).__name__}: {' '.join(str(err).split())[:400]}",
-                     traceback=traceback.format_exc()[-3000:], seconds=round(time.perf_counter() - start, 1))
+                     traceback=traceback.format_exc().replace(f"{ROOT}/", "")[-3000:],  # repo-relative paths
+                     seconds=round(time.perf_counter() - start, 1))
         (self.out / "gpu_check.md").write_text(markdown(self.rows))
 
 
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def set_tf32(on: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -126,7 +123,7 @@ def audit(rep: Report, device: torch.device) -> None:
 
 def network(rep: Report, device: torch.device, full: bool, batches: list[int]) -> None:
     for label, tf32, options in (("fp32", False, {}), ("fp32+tf32", True, {}), ("bf16", False, {"autocast": "bf16"})):
-        set_tf32(tf32)
+        apply_speed_flags({"tf32": tf32}, device)
         prior = build_prior(64, 32, device, full, **options)
         for batch in batches:
             timer = NetworkTimer(prior, batch, device)
@@ -138,11 +135,12 @@ def network(rep: Report, device: torch.device, full: bool, batches: list[int]) -
             rep.add("network", variant=label, batch=batch, t_fwd_s=f, t_fwd_bwd_s=fb, fwd_images_per_s=batch / f,
                     fwd_bwd_images_per_s=batch / fb, peak_mib=mem["peak_bytes"] / 2**20)
         del prior
-        torch.cuda.empty_cache() if device.type == "cuda" else None
-    set_tf32(False)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    apply_speed_flags({"tf32": False}, device)
 
 
-def _spgd_problem(batch: int, size: int, device: torch.device, task: str = "inpaint_random"):
+def _problem(batch: int, size: int, device: torch.device, task: str = "inpaint_random"):
     import operators
 
     keys = [f"gpu/{i:05d}" for i in range(batch)]
@@ -156,7 +154,7 @@ def _spgd_problem(batch: int, size: int, device: torch.device, task: str = "inpa
 
 def solve_timed(name: str, prior: Any, batch: int, size: int, device: torch.device, task: str = "inpaint_random",
                 **overrides: Any) -> Row:
-    A, y, keys = _spgd_problem(batch, size, device, task)
+    A, y, keys = _problem(batch, size, device, task)
     solver = solvers.get(name, prior, task=task, **overrides)
     gens = [seeding.solver_generator(0, task, k, name, device=device) for k in keys]
     with peak_memory(device) as mem:
@@ -169,7 +167,7 @@ def solve_timed(name: str, prior: Any, batch: int, size: int, device: torch.devi
 def spgd(rep: Report, device: torch.device, full: bool, batches: list[int]) -> None:
     size = 256 if full else 64
     over = {} if full else {"num_steps": 4, "warmup_steps": 2}
-    set_tf32(False)
+    apply_speed_flags({"tf32": False}, device)
     for label, options in (("fp32", {}), ("bf16", {"autocast": "bf16"})):
         prior = build_prior(64, 32, device, full, **options)
         solve_timed("spgd", prior, 1, size, device, num_steps=2, warmup_steps=1)  # warm-up
@@ -272,7 +270,7 @@ def harness(rep: Report, device: torch.device, full: bool, work: Path, timeout: 
 
 def dpps(rep: Report, device: torch.device, full: bool) -> None:
     size, batch, steps = (256, 8, 20) if full else (64, 2, 4)
-    set_tf32(False)
+    apply_speed_flags({"tf32": False}, device)
     prior = build_prior(64, 32, device, full)
     solve_timed("dpps", prior, 1, size, device, num_steps=2)  # warm-up
     row = solve_timed("dpps", prior, batch, size, device, num_steps=steps)
@@ -282,7 +280,7 @@ def dpps(rep: Report, device: torch.device, full: bool) -> None:
 def compiled(rep: Report, device: torch.device, full: bool) -> None:
     size = 256 if full else 64
     over = {} if full else {"num_steps": 4, "warmup_steps": 2}
-    set_tf32(False)
+    apply_speed_flags({"tf32": False}, device)
     prior = build_prior(64, 32, device, full, compile=True)
     rep.add("compile", solve="first (includes compilation)", **solve_timed("spgd", prior, 1, size, device, **over))
     rep.add("compile", solve="second", **solve_timed("spgd", prior, 1, size, device, **over))
